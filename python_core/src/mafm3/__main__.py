@@ -1,0 +1,5 @@
+import sys
+
+from mafm3.cli import main
+
+sys.exit(main())

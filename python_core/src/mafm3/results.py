@@ -1,0 +1,148 @@
+"""What a run produces, independent of how it is written (files, Slicer nodes, JSON lines).
+
+Segment definitions travel with the skill manifest (`outputs`), so writers never hard-code label names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import SimpleITK as sitk
+
+
+@dataclass(frozen=True)
+class CodedConcept:
+    """A DICOM coded concept, e.g. SNOMED CT ("86049000", "SCT", "Neoplasm, Primary")."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "scheme": self.scheme, "meaning": self.meaning}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> CodedConcept:
+        return cls(str(values["value"]), str(values["scheme"]), str(values["meaning"]))
+
+
+MORPHOLOGICALLY_ALTERED_STRUCTURE = CodedConcept("49755003", "SCT", "Morphologically Altered Structure")
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One output class of a segmentation skill: label value, name, display colour (RGB in [0, 1]), codes."""
+
+    label: int
+    name: str
+    color: tuple[float, float, float]
+    category: CodedConcept
+    type: CodedConcept
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "name": self.name,
+            "color": list(self.color),
+            "category": self.category.to_dict(),
+            "type": self.type.to_dict(),
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SegmentSpec:
+        return cls(
+            label=int(values["label"]),
+            name=str(values["name"]),
+            color=tuple(float(c) for c in values["color"]),
+            category=CodedConcept.from_dict(values["category"]),
+            type=CodedConcept.from_dict(values["type"]),
+            description=str(values.get("description", "")),
+        )
+
+
+GTVP = SegmentSpec(
+    label=1,
+    name="GTVp",
+    color=(0.85, 0.16, 0.16),
+    category=MORPHOLOGICALLY_ALTERED_STRUCTURE,
+    type=CodedConcept("86049000", "SCT", "Neoplasm, Primary"),
+    description="primary gross tumour volume",
+)
+GTVN = SegmentSpec(
+    label=2,
+    name="GTVn",
+    color=(0.16, 0.45, 0.85),
+    category=MORPHOLOGICALLY_ALTERED_STRUCTURE,
+    type=CodedConcept("14799000", "SCT", "Neoplasm, Metastatic"),
+    description="nodal gross tumour volume (metastatic lymph nodes)",
+)
+HEAD_NECK_TUMOUR_SEGMENTS = (GTVP, GTVN)
+
+
+@dataclass
+class SegmentationResult:
+    """A label map on the input CT's own grid (uint8, same size/spacing/origin/direction) and its segments."""
+
+    labels: sitk.Image
+    segments: list[SegmentSpec]
+    skill_id: str
+    skill_version: str
+
+    def volumes_ml(self) -> dict[str, float]:
+        """Volume of each segment in millilitres."""
+        stats = sitk.LabelShapeStatisticsImageFilter()
+        stats.Execute(self.labels)
+        present = set(stats.GetLabels())
+        mm3_per_ml = 1000.0
+        return {
+            s.name: stats.GetPhysicalSize(s.label) / mm3_per_ml if s.label in present else 0.0
+            for s in self.segments
+        }
+
+
+@dataclass
+class PrognosisResult:
+    """Recurrence-free survival: a risk score (higher = earlier recurrence) and a survival curve S(t)."""
+
+    risk: float
+    risk_group: str
+    times_days: list[float]
+    survival: list[float]
+    survival_at_years: dict[int, float]
+    skill_id: str
+    skill_version: str
+
+    def to_dict(self) -> dict:
+        return {
+            "skill": {"id": self.skill_id, "version": self.skill_version},
+            "risk": self.risk,
+            "risk_group": self.risk_group,
+            "survival_curve": {"times_days": self.times_days, "survival": self.survival},
+            "survival_probability": {f"{years}y": p for years, p in sorted(self.survival_at_years.items())},
+        }
+
+
+@dataclass
+class ClassificationResult:
+    """CT-CLIP zero-shot: probability that each abnormality is present."""
+
+    probabilities: dict[str, float]
+    skill_id: str
+    skill_version: str
+
+
+@dataclass
+class StudyResult:
+    """Everything one `mafm3 run` produced for one study."""
+
+    inputs: dict
+    segmentation: SegmentationResult | None = None
+    prognosis: PrognosisResult | None = None
+    classification: ClassificationResult | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    backbone: dict = field(default_factory=dict)
+    demo: bool = False
+    peak_rss_gb: float | None = None

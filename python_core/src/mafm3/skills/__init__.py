@@ -1,0 +1,1 @@
+"""Skills: manifests, packs (manifest + safetensors), presets and the registry."""
