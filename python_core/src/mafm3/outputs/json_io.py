@@ -1,0 +1,84 @@
+"""`prognosis.json` and `result.json`: what a run found and how it was run, for scripts and for the record.
+
+prognosis.json: {skill: {id, version}, risk, risk_group, survival_curve: {times_days, survival},
+survival_probability: {"1y", "2y", "3y", "5y"}, demo[, disclaimer]}.
+result.json: {mafm3_version, demo[, disclaimer], inputs, skills: [{task, id, version}], backbone, device,
+timings_s, peak_rss_gb, segmentation: {skill, segments, volumes_ml} | null, prognosis | null,
+classification: {skill, probabilities} | null, outputs: [file names in the output folder]}.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from mafm3 import __version__
+from mafm3.results import PrognosisResult, StudyResult
+
+DEMO_DISCLAIMER = "demo — synthetic data, not for clinical use"
+
+
+def _skill(result) -> dict:
+    return {"id": result.skill_id, "version": result.skill_version}
+
+
+def _write_json(record: dict, path: str | Path) -> Path:
+    path = Path(path)
+    # `default=str` writes the paths and other plain values a caller may leave in `inputs`.
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def _with_demo_flag(record: dict, demo: bool) -> dict:
+    record["demo"] = demo
+    if demo:
+        record["disclaimer"] = DEMO_DISCLAIMER
+    return record
+
+
+def prognosis_record(result: PrognosisResult, *, demo: bool = False) -> dict:
+    """The prognosis as written to `prognosis.json`."""
+    return _with_demo_flag(result.to_dict(), demo)
+
+
+def write_prognosis_json(result: PrognosisResult, path: str | Path, *, demo: bool = False) -> Path:
+    """Write risk, risk group, survival curve, 1/2/3/5-year probabilities; `demo` adds the disclaimer."""
+    return _write_json(prognosis_record(result, demo=demo), path)
+
+
+def result_record(study: StudyResult, output_files: Sequence[str] = ()) -> dict:
+    """The run as written to `result.json`; `output_files` are names relative to the output folder."""
+    tasks = {
+        "segmentation": study.segmentation,
+        "prognosis": study.prognosis,
+        "classification": study.classification,
+    }
+    segmentation = study.segmentation
+    record = _with_demo_flag({"mafm3_version": __version__}, study.demo)
+    record |= {
+        "inputs": study.inputs,
+        "skills": [{"task": task, **_skill(result)} for task, result in tasks.items() if result is not None],
+        "backbone": study.backbone,
+        "device": study.device,
+        "timings_s": study.timings_s,
+        "peak_rss_gb": study.peak_rss_gb,
+        "segmentation": None
+        if segmentation is None
+        else {
+            "skill": _skill(segmentation),
+            "segments": [spec.to_dict() for spec in segmentation.segments],
+            "volumes_ml": segmentation.volumes_ml(),
+        },
+        "prognosis": None if study.prognosis is None else study.prognosis.to_dict(),
+        "classification": None
+        if study.classification is None
+        else {"skill": _skill(study.classification), "probabilities": study.classification.probabilities},
+        "outputs": list(output_files),
+    }
+    return record
+
+
+def write_result_json(study: StudyResult, path: str | Path, output_files: Sequence[str] = ()) -> Path:
+    """Write inputs, skills, backbone (id, sha256), device, timings, peak RSS, volumes and the file list."""
+    return _write_json(result_record(study, output_files), path)

@@ -1,0 +1,211 @@
+"""DICOM SEG writer: a SEG of an oblique CT series that highdicom reads back slice for slice.
+
+Oracle: the tumour balls are defined in physical LPS space; the expected mask of each CT slice is computed
+from that slice's own DICOM header (position, orientation, pixel spacing), independently of the label grid.
+"""
+
+from __future__ import annotations
+
+import random
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SegmentationStorage, generate_uid
+
+from mafm3.errors import MAFM3Error
+from mafm3.outputs.dicom_seg import write_dicom_seg
+from mafm3.results import GTVN, GTVP, SegmentationResult
+
+COLUMNS, ROWS, SLICES = 24, 32, 8
+PIXEL_SPACING_MM = (0.9, 0.7)  # (between rows, between columns), as DICOM orders it
+SLICE_SPACING_MM = 2.5
+ORIGIN_LPS = np.array([-31.5, 12.25, -402.0])
+# Oblique: rows run along the first column, columns along the second, slices along the normal.
+ORIENTATION = sitk.VersorTransform((0.3, -0.2, 1.0), 0.4).GetMatrix()
+TUMOURS_LPS = (
+    (GTVP.label, np.array([-25.0, 22.0, -396.0]), 5.0),
+    (GTVN.label, np.array([-22.0, 12.0, -390.0]), 3.5),
+)
+
+
+def _expected_labels(points_lps: np.ndarray) -> np.ndarray:
+    """Label of each physical point (..., 3): the balls of TUMOURS_LPS, later ones drawn over earlier."""
+    labels = np.zeros(points_lps.shape[:-1], dtype=np.uint8)
+    for label, centre, radius in TUMOURS_LPS:
+        labels[np.linalg.norm(points_lps - centre, axis=-1) <= radius] = label
+    return labels
+
+
+def _slice_points_lps(dataset: pydicom.Dataset) -> np.ndarray:
+    """Physical point of every pixel (rows, columns, 3) of one CT slice, from its own header."""
+    position = np.array([float(v) for v in dataset.ImagePositionPatient])
+    orientation = np.array([float(v) for v in dataset.ImageOrientationPatient])
+    row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)
+    r, c = np.meshgrid(np.arange(dataset.Rows), np.arange(dataset.Columns), indexing="ij")
+    return (
+        position
+        + c[..., None] * column_spacing * orientation[:3]
+        + r[..., None] * row_spacing * orientation[3:]
+    )
+
+
+def _write_ct_series(folder, series_uid: str) -> list:
+    """Write an oblique CT series as single-frame files, in shuffled file order with shuffled names."""
+    orientation = np.array(ORIENTATION).reshape(3, 3)
+    study_uid, frame_uid = generate_uid(), generate_uid()
+    order = list(range(SLICES))
+    random.Random(5).shuffle(order)
+    paths = []
+    for k in order:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"{generate_uid()}.dcm"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.Manufacturer = "CT", "test"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+            "Test^Patient",
+            "P1",
+            "19600101",
+            "M",
+        )
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", "A1"
+        ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 2, k + 1
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in ORIGIN_LPS + k * SLICE_SPACING_MM * orientation[:, 2]]
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*orientation[:, 0], *orientation[:, 1])]
+        ds.PixelSpacing = list(PIXEL_SPACING_MM)
+        ds.SliceThickness = SLICE_SPACING_MM
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = (
+            ROWS,
+            COLUMNS,
+            1,
+            "MONOCHROME2",
+        )
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = np.full((ROWS, COLUMNS), 1000 + k, dtype=np.int16).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def ct_series(tmp_path_factory):
+    """(paths in shuffled order, CT image read by SimpleITK, series UID)."""
+    folder = tmp_path_factory.mktemp("ct")
+    series_uid = generate_uid()
+    paths = _write_ct_series(folder, series_uid)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return paths, reader.Execute(), series_uid
+
+
+def _result_on(ct: sitk.Image) -> SegmentationResult:
+    """Label map on the CT grid drawn from the physical balls (points from SimpleITK's index mapping)."""
+    k, j, i = np.meshgrid(*(np.arange(n) for n in reversed(ct.GetSize())), indexing="ij")
+    matrix = np.array(ct.GetDirection()).reshape(3, 3) @ np.diag(ct.GetSpacing())
+    points = np.array(ct.GetOrigin()) + np.stack([i, j, k], axis=-1) @ matrix.T
+    labels = sitk.GetImageFromArray(_expected_labels(points))
+    labels.CopyInformation(ct)
+    return SegmentationResult(labels, [GTVP, GTVN], "hecktor-seg-ct", "1.2.0")
+
+
+def test_ct_fixture_is_the_oblique_grid_it_claims_to_be(ct_series):
+    _, ct, _ = ct_series
+    assert ct.GetSize() == (COLUMNS, ROWS, SLICES)
+    np.testing.assert_allclose(ct.GetDirection(), ORIENTATION, atol=1e-6)
+    np.testing.assert_allclose(ct.GetSpacing(), (PIXEL_SPACING_MM[1], PIXEL_SPACING_MM[0], SLICE_SPACING_MM))
+    np.testing.assert_allclose(ct.GetOrigin(), ORIGIN_LPS, atol=1e-5)
+
+
+def test_seg_references_the_ct_series_and_each_frame_reproduces_its_slice(ct_series, tmp_path):
+    paths, ct, series_uid = ct_series
+    result = _result_on(ct)
+    assert {1, 2} <= set(np.unique(sitk.GetArrayFromImage(result.labels)))
+
+    path = write_dicom_seg(result, paths, tmp_path / "segmentation.dcm")
+
+    seg = hd.seg.segread(path)
+    assert seg.Modality == "SEG"
+    assert seg.SOPClassUID == SegmentationStorage
+    assert seg.SegmentationType == "BINARY"
+    ct_headers = {
+        ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in paths)
+    }
+    first = next(iter(ct_headers.values()))
+    assert seg.StudyInstanceUID == first.StudyInstanceUID
+    assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID
+    assert seg.PatientID == "P1"
+    assert [item.SeriesInstanceUID for item in seg.ReferencedSeriesSequence] == [series_uid]
+    referenced = {
+        item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    }
+    assert referenced <= set(ct_headers)
+
+    uids = list(ct_headers)
+    masks = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, combine_segments=True, assert_missing_frames_are_empty=True
+    )
+    expected = np.stack([_expected_labels(_slice_points_lps(ct_headers[uid])) for uid in uids])
+    assert expected.any()
+    np.testing.assert_array_equal(masks, expected)
+
+    # Each stored frame sits where its source slice is (pydicom only, no highdicom).
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        source = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        position = frame.PlanePositionSequence[0].ImagePositionPatient
+        np.testing.assert_allclose(
+            [float(v) for v in position],
+            [float(v) for v in ct_headers[source].ImagePositionPatient],
+            atol=1e-4,
+        )
+
+
+def test_segments_carry_names_codes_colours_and_algorithm(ct_series, tmp_path):
+    paths, ct, _ = ct_series
+    seg = hd.seg.segread(write_dicom_seg(_result_on(ct), paths, tmp_path / "segmentation.dcm"))
+
+    for item, spec in zip(seg.SegmentSequence, (GTVP, GTVN), strict=True):
+        assert item.SegmentLabel == spec.name
+        category = item.SegmentedPropertyCategoryCodeSequence[0]
+        kind = item.SegmentedPropertyTypeCodeSequence[0]
+        assert (category.CodeValue, category.CodingSchemeDesignator) == (spec.category.value, "SCT")
+        assert (kind.CodeValue, kind.CodingSchemeDesignator, kind.CodeMeaning) == (
+            spec.type.value,
+            spec.type.scheme,
+            spec.type.meaning,
+        )
+        assert item.SegmentAlgorithmType == "AUTOMATIC"
+        assert item.SegmentAlgorithmName == "MAFM3 hecktor-seg-ct"
+        algorithm = item.SegmentationAlgorithmIdentificationSequence[0]
+        assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("MAFM3 hecktor-seg-ct", "1.2.0")
+        rgb = hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue).to_rgb()
+        np.testing.assert_allclose(rgb, [255 * c for c in spec.color], atol=2)
+
+
+def test_non_dicom_input_is_refused_and_nothing_is_written(ct_series, tmp_path):
+    _, ct, _ = ct_series
+    with pytest.raises(MAFM3Error, match="DICOM SEG needs a DICOM CT input"):
+        write_dicom_seg(_result_on(ct), None, tmp_path / "segmentation.dcm")
+    assert not (tmp_path / "segmentation.dcm").exists()
+
+
+def test_a_series_missing_a_slice_is_refused(ct_series, tmp_path):
+    paths, ct, _ = ct_series
+    with pytest.raises(MAFM3Error, match="has 7 slices but the CT has 8"):
+        write_dicom_seg(_result_on(ct), paths[1:], tmp_path / "segmentation.dcm")
+
+
+def test_a_series_on_another_grid_is_refused(ct_series, tmp_path):
+    paths, ct, _ = ct_series
+    shifted = sitk.Image(ct)
+    shifted.SetOrigin(tuple(np.array(ct.GetOrigin()) + 0.3))
+    with pytest.raises(MAFM3Error, match="is not a slice of the CT"):
+        write_dicom_seg(_result_on(shifted), paths, tmp_path / "segmentation.dcm")
