@@ -1,0 +1,60 @@
+"""The panel's clinical fields -> the clinical record the `mafm3` core reads (its `ClinicalRecord` JSON).
+
+Every field may stay unknown, and unknown is left out of the record (the core never guesses a value): the
+choice lists start with UNKNOWN, and a number at its spin box minimum (0, shown as "unknown") is unknown.
+The panel names fields in Slicer's camelCase (`performanceStatus`); the record in the core's snake_case
+(`performance_status`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+UNKNOWN = "unknown"
+
+SEX_CHOICES = (UNKNOWN, "M", "F")
+YES_NO_CHOICES = (UNKNOWN, "yes", "no")
+PERFORMANCE_STATUS_CHOICES = (UNKNOWN, "0", "1", "2", "3", "4")  # ECOG
+T_STAGE_CHOICES = (UNKNOWN, "Tx", "Tis", "T1", "T2", "T3", "T4", "T4a", "T4b")  # AJCC/UICC, head and neck
+N_STAGE_CHOICES = (UNKNOWN, "Nx", "N0", "N1", "N2", "N2a", "N2b", "N2c", "N3", "N3a", "N3b")
+M_STAGE_CHOICES = (UNKNOWN, "Mx", "M0", "M1")
+
+NUMBER_FIELDS = ("age", "weight")  # years, kg; 0 = unknown
+YES_NO_FIELDS = ("tobacco", "alcohol", "hpv", "surgery", "chemotherapy")
+CLINICAL_FIELDS = (
+    "age",
+    "sex",
+    "weight",
+    "tobacco",
+    "alcohol",
+    "performanceStatus",
+    "hpv",
+    "surgery",
+    "chemotherapy",
+    "tStage",
+    "nStage",
+    "mStage",
+)
+
+
+def clinical_record(panel: Mapping[str, object]) -> dict:
+    """The known clinical values of the panel as the core's record: snake_case keys, unknowns left out.
+
+    `panel` maps each name of CLINICAL_FIELDS to its panel value (a float for NUMBER_FIELDS, else a choice).
+    """
+    record: dict = {}
+    for name in CLINICAL_FIELDS:
+        value = panel[name]
+        if value == UNKNOWN or (name in NUMBER_FIELDS and value == 0):
+            continue
+        if name in YES_NO_FIELDS:
+            value = value == "yes"
+        elif name == "performanceStatus":
+            value = int(value)
+        record[_snake_case(name)] = value
+    return record
+
+
+def _snake_case(camel_case: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", camel_case).lower()

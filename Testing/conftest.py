@@ -1,0 +1,42 @@
+"""pytest harness for the Slicer extension: real MRML scenes from the `slicer-core` wheel, no Slicer app.
+
+- `MAFM3SlicerLib` imports as it is: it is Qt-free, so it needs no stand-ins at all.
+- `MAFM3Slicer.py` imports under the stand-ins of `slicer_standins.py` (fixture `mafm3_slicer`).
+- A test that touches MRML gets a fresh scene, set up like Slicer's application scene (fixture `mrml_scene`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTING_DIR = Path(__file__).resolve().parent
+REPOSITORY_DIR = TESTING_DIR.parent
+MODULE_DIR = REPOSITORY_DIR / "MAFM3Slicer"
+
+# Slicer puts a scripted module's folder on sys.path (so `import MAFM3SlicerLib` works); the Testing folder
+# holds the harness modules and is added too, whatever pytest import mode is in use.
+for folder in (MODULE_DIR, TESTING_DIR):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+import slicer_standins  # noqa: E402  (importable only after the path set-up above)
+
+
+@pytest.fixture(scope="session")
+def mafm3_slicer():
+    """`MAFM3Slicer.py`, imported under the stand-ins; both are removed again at the end of the session."""
+    with slicer_standins.installed():
+        import MAFM3Slicer
+
+        yield MAFM3Slicer
+        del sys.modules["MAFM3Slicer"]
+
+
+@pytest.fixture
+def mrml_scene():
+    """A fresh `vtkMRMLScene`, also set as `slicer.mrmlScene`, with the module logics Slicer would attach."""
+    with slicer_standins.application_scene() as scene:
+        yield scene

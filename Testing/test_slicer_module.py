@@ -1,0 +1,117 @@
+"""MAFM3Slicer.py under the slicer-core harness: module metadata, the Logic on volume nodes, the self-test."""
+
+import dataclasses
+import types
+
+import numpy as np
+import slicer
+from synthetic_volumes import ras_matrix, rotation_about_z, volume_node
+
+from mafm3.clinical import ClinicalRecord
+from MAFM3SlicerLib.geometry import ijk_to_ras_of
+
+
+def test_the_module_declares_itself_a_segmentation_module_with_demo_skills_not_for_clinical_use(mafm3_slicer):
+    parent = types.SimpleNamespace()
+    mafm3_slicer.MAFM3Slicer(parent)
+
+    assert parent.title == "MAFM3"
+    assert parent.categories == ["Segmentation"]
+    assert "demo skills: synthetic data, not for clinical use" in parent.helpText
+    assert "arXiv 2511.11212" in parent.acknowledgementText
+
+
+def test_the_self_test_passes_headless(mafm3_slicer, mrml_scene):
+    mafm3_slicer.MAFM3SlicerTest().runTest()
+
+
+def test_logic_describes_an_oblique_study_and_names_the_problem(mafm3_slicer, mrml_scene):
+    voxels = np.full((6, 7, 8), -1000, dtype=np.int16)
+    voxels[2:4, 2:5, 2:6] = 60
+    ct = volume_node(mrml_scene, voxels, ras_matrix(rotation_about_z(35.0), (0.6, 0.8, 3.0), (0, 0, 0)), "CT")
+    pet_in_becquerel = volume_node(
+        mrml_scene,
+        np.full((6, 7, 8), 4000.0),
+        ras_matrix(rotation_about_z(35.0), (0.6, 0.8, 3.0), (0, 0, 0)),
+        "PET",
+    )
+    logic = mafm3_slicer.MAFM3SlicerLogic()
+
+    assert logic.describeStudy(ct).problems == ()
+    (problem,) = logic.describeStudy(ct, pet_in_becquerel).problems
+    assert "'PET' reads 4000.0 at its 99th percentile" in problem
+
+
+def test_logic_round_trips_an_anisotropic_oblique_volume_through_a_file_exactly(
+    mafm3_slicer, mrml_scene, tmp_path
+):
+    voxels = np.random.default_rng(0).integers(-1024, 3000, size=(5, 6, 7)).astype(np.int16)
+    matrix = ras_matrix(
+        rotation_about_z(-15.0) @ np.diag([-1.0, 1.0, -1.0]), (0.45, 0.7, 3.3), (-80.0, 12.5, 600.0)
+    )
+    ct = volume_node(mrml_scene, voxels, matrix, "CT")
+    logic = mafm3_slicer.MAFM3SlicerLogic()
+
+    loaded = logic.fileToVolume(logic.volumeToFile(ct, tmp_path / "ct.nrrd"), name="CT again")
+
+    assert loaded.GetScene() is slicer.mrmlScene
+    assert loaded.GetName() == "CT again"
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(loaded), voxels)
+    np.testing.assert_allclose(ijk_to_ras_of(loaded), matrix, rtol=0, atol=1e-12)
+
+
+def test_logic_turns_the_clinical_panel_into_a_record_the_core_accepts(mafm3_slicer):
+    panel = {name: info.default for name, info in mafm3_slicer.MAFM3SlicerParameterNode.allParameters.items()}
+    panel.update(age=61.0, sex="M", tobacco="yes", hpv="no", performanceStatus="1", tStage="T4a", mStage="M0")
+    logic = mafm3_slicer.MAFM3SlicerLogic()
+
+    record = ClinicalRecord.from_dict(logic.clinicalRecord(panel))
+
+    expected = ClinicalRecord(
+        age=61.0, sex="M", tobacco=True, hpv=False, performance_status=1, t_stage="T4a", m_stage="M0"
+    )
+    assert record == expected
+
+
+def test_an_untouched_clinical_panel_gives_an_empty_record(mafm3_slicer):
+    panel = {name: info.default for name, info in mafm3_slicer.MAFM3SlicerParameterNode.allParameters.items()}
+    assert mafm3_slicer.MAFM3SlicerLogic().clinicalRecord(panel) == {}
+
+
+def clinical_panel_offers(parameter_class) -> dict[str, list]:
+    """Every known value each clinical field of the panel offers: its choices, or a plausible number."""
+    from MAFM3SlicerLib.clinical import CLINICAL_FIELDS, UNKNOWN
+
+    offers = {}
+    for name in CLINICAL_FIELDS:
+        annotations = parameter_class.allParameters[name].unalteredType.__metadata__
+        choices = next((a.choices for a in annotations if hasattr(a, "choices")), None)
+        offers[name] = [c for c in choices if c != UNKNOWN] if choices else [70.0]
+    return offers
+
+
+def test_every_value_the_clinical_panel_offers_is_accepted_by_the_cores_record(mafm3_slicer):
+    parameter_class = mafm3_slicer.MAFM3SlicerParameterNode
+    unknown_panel = {name: info.default for name, info in parameter_class.allParameters.items()}
+    logic = mafm3_slicer.MAFM3SlicerLogic()
+    for name, values in clinical_panel_offers(parameter_class).items():
+        for value in values:
+            ClinicalRecord.from_dict(
+                logic.clinicalRecord({**unknown_panel, name: value})
+            )  # raises if refused
+
+
+def test_a_fully_known_clinical_panel_fills_every_field_of_the_cores_record(mafm3_slicer):
+    parameter_class = mafm3_slicer.MAFM3SlicerParameterNode
+    known_panel = {name: values[0] for name, values in clinical_panel_offers(parameter_class).items()}
+    record = mafm3_slicer.MAFM3SlicerLogic().clinicalRecord(known_panel)
+    assert set(record) == {field.name for field in dataclasses.fields(ClinicalRecord)}
+
+
+def test_logic_lists_the_installed_skill_packs(mafm3_slicer, monkeypatch, tmp_path):
+    pack = tmp_path / "skills" / "hecktor-seg-ct-1.0.0"
+    pack.mkdir(parents=True)
+    (pack / "manifest.json").write_text('{"id": "hecktor-seg-ct", "version": "1.0.0"}')
+    monkeypatch.setenv("MAFM3_HOME", str(tmp_path))
+
+    assert [m["id"] for m in mafm3_slicer.MAFM3SlicerLogic().installedSkills()] == ["hecktor-seg-ct"]
