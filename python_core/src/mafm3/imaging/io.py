@@ -1,0 +1,217 @@
+"""Reading and writing images: DICOM series folders, NIfTI, NRRD and MetaImage, all through SimpleITK.
+
+Every image keeps its LPS physical geometry (origin, spacing, direction) exactly as stored. Alongside the
+image, `read_image` returns a *source* dict (JSON-serialisable) describing where it came from:
+
+| key | value |
+|---|---|
+| `path` | the path given |
+| `format` | "dicom", "nifti", "nrrd" or "metaimage" |
+| `modality` | DICOM Modality (0008,0060), e.g. "CT" or "PT"; `None` for non-DICOM files |
+| `series_instance_uid`, `study_instance_uid` | DICOM only |
+| `series_description` | DICOM only ("" when absent) |
+| `files` | DICOM only: the series' files in slice order (slice k of the image is `files[k]`) |
+| `note` | DICOM only: which series was chosen among the candidates, and why |
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import SimpleITK as sitk
+from pydicom.misc import is_dicom
+
+from mafm3.errors import MAFM3Error
+
+log = logging.getLogger(__name__)
+
+_FILE_FORMATS = {
+    ".nii": "nifti",
+    ".nii.gz": "nifti",
+    ".nrrd": "nrrd",
+    ".nhdr": "nrrd",
+    ".mha": "metaimage",
+    ".mhd": "metaimage",
+}
+SUPPORTED = "a DICOM series folder, NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd)"
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One image series found in a folder; `files` are in GDCM's slice order."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str
+    series_description: str
+    files: tuple[str, ...]
+
+    def source(self, path: str | Path, note: str) -> dict:
+        """The source dict of this series found under `path` (see the module docstring)."""
+        return {
+            "path": str(path),
+            "format": "dicom",
+            "modality": self.modality,
+            "series_instance_uid": self.series_instance_uid,
+            "study_instance_uid": self.study_instance_uid,
+            "series_description": self.series_description,
+            "files": list(self.files),
+            "note": note,
+        }
+
+
+def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
+    """All DICOM image series under `folder` (searched recursively), largest first.
+
+    GDCM (through SimpleITK) groups the files by SeriesInstanceUID and sorts each series along its slice
+    normal; pydicom reads each series' modality and UIDs from its first file (headers only).
+    """
+    folder = Path(folder)
+    series_ids: list[str] = []
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr for every folder without DICOM
+    try:
+        for directory, _, _ in os.walk(folder):
+            for series_id in sitk.ImageSeriesReader.GetGDCMSeriesIDs(directory):
+                if series_id not in series_ids:
+                    series_ids.append(series_id)
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    found = []
+    for series_id in series_ids:
+        # `recursive=True` gathers a series split over several sub-folders into one sorted list.
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id, False, True)
+        header = pydicom.dcmread(files[0], stop_before_pixels=True)
+        found.append(
+            DicomSeries(
+                series_instance_uid=str(header.get("SeriesInstanceUID", series_id)),
+                study_instance_uid=str(header.get("StudyInstanceUID", "")),
+                modality=str(header.get("Modality", "")).upper(),
+                series_description=str(header.get("SeriesDescription", "")),
+                files=tuple(files),
+            )
+        )
+    return sorted(found, key=lambda series: -len(series.files))
+
+
+def choose_series(
+    series: list[DicomSeries], modality: str, series_uid: str | None = None, where: str = "the folder"
+) -> tuple[DicomSeries, str]:
+    """The series with `series_uid`, else the largest series of `modality`; returns it and a note why.
+
+    Raises `MAFM3Error` when the requested series or modality is not there.
+    """
+    if series_uid is not None:
+        for candidate in series:
+            if candidate.series_instance_uid == series_uid:
+                return candidate, f"series {series_uid} chosen by its SeriesInstanceUID"
+        raise MAFM3Error(
+            f"{where} holds no DICOM series with SeriesInstanceUID {series_uid}: "
+            f"pick one of {', '.join(s.series_instance_uid for s in series) or 'none found'}."
+        )
+    candidates = [candidate for candidate in series if candidate.modality == modality]
+    if not candidates:
+        present = ", ".join(sorted({s.modality or "unknown" for s in series}))
+        raise MAFM3Error(
+            f"{where} holds no {modality} series (found: {present}); "
+            f"give a folder with a {modality} series or pass its SeriesInstanceUID."
+        )
+    chosen = candidates[0]
+    if len(candidates) == 1:
+        return chosen, f"the only {modality} series"
+    note = (
+        f"the largest of {len(candidates)} {modality} series ({len(chosen.files)} slices); "
+        f"pass a SeriesInstanceUID to choose another"
+    )
+    log.warning("%s: chose %s series %s, %s", where, modality, chosen.series_instance_uid, note)
+    return chosen, note
+
+
+def read_dicom_series(series: DicomSeries) -> sitk.Image:
+    """A DICOM series as a float32 image in physical units (HU for CT, the stored units for PET).
+
+    Float32 output matters: GDCM applies each slice's own RescaleSlope/Intercept, and PET series often carry
+    a different slope per slice; an integer output type (taken from the first slice) would truncate them.
+    """
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(series.files))
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise MAFM3Error(
+            f"The DICOM series {series.series_instance_uid} cannot be read ({_short_reason(error)}): "
+            f"check that its files are complete image slices."
+        ) from error
+
+
+def read_image(
+    path: str | Path, modality: str = "CT", series_uid: str | None = None
+) -> tuple[sitk.Image, dict]:
+    """Read one image and describe its source.
+
+    path: a DICOM folder (the series of `modality` — "CT" or "PT" — or the one with `series_uid`; the largest
+        when several match), one file of a DICOM series (that whole series is read), or a NIfTI/NRRD/
+        MetaImage file.
+    Returns: (image, source) — DICOM series come back as float32 with rescale slope/intercept applied; other
+        files keep their stored pixel type. See the module docstring for `source`.
+    Raises: `MAFM3Error` for a missing path, an unsupported or unreadable file, or a folder without the
+        series.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MAFM3Error(f"{path} does not exist: check the path.")
+    if path.is_dir():
+        return _read_dicom_folder(path, modality, series_uid)
+    file_format = _file_format(path)
+    if file_format is None:
+        if not is_dicom(path):
+            raise MAFM3Error(f"{path} is not a supported image: give {SUPPORTED}.")
+        uid = series_uid or pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID") or None
+        return _read_dicom_folder(path.parent, modality, uid)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise MAFM3Error(
+            f"{path} cannot be read as {file_format} ({_short_reason(error)}): "
+            f"check that the file is complete."
+        ) from error
+    return image, {"path": str(path), "format": file_format, "modality": None}
+
+
+def write_image(image: sitk.Image, path: str | Path) -> Path:
+    """Write `image` with its geometry (format from the suffix: .nii.gz, .nrrd, .mha, ...), compressed."""
+    path = Path(path)
+    if _file_format(path) is None:
+        raise MAFM3Error(f"Cannot write {path}: use a .nii.gz, .nii, .nrrd or .mha file name.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as error:
+        raise MAFM3Error(
+            f"Cannot write {path} ({_short_reason(error)}): check the folder is writable."
+        ) from error
+    return path
+
+
+def _read_dicom_folder(folder: Path, modality: str, series_uid: str | None) -> tuple[sitk.Image, dict]:
+    series = list_dicom_series(folder)
+    if not series:
+        raise MAFM3Error(f"{folder} holds no readable DICOM image series: give {SUPPORTED}.")
+    chosen, note = choose_series(series, modality, series_uid, where=str(folder))
+    return read_dicom_series(chosen), chosen.source(folder, note)
+
+
+def _file_format(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((fmt for suffix, fmt in _FILE_FORMATS.items() if name.endswith(suffix)), None)
+
+
+def _short_reason(error: Exception) -> str:
+    """SimpleITK errors span many lines with C++ file names; keep the last meaningful line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1].removeprefix("sitk::ERROR: ") if lines else type(error).__name__
