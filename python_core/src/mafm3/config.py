@@ -20,3 +20,16 @@ def skills_dir() -> Path:
 def backbones_dir() -> Path:
     """Imported backbones, one folder each: `<home>/backbones/<id>/`."""
     return home_dir() / "backbones"
+
+
+BUNDLED_DIR = Path(__file__).parent / "demo" / "assets"
+
+
+def bundled_backbones_dir() -> Path:
+    """Backbones shipped inside the package (the demo backbone), searched after `backbones_dir()`."""
+    return BUNDLED_DIR / "backbones"
+
+
+def bundled_skills_dir() -> Path:
+    """Skill packs shipped inside the package (the demo skills), searched after `skills_dir()`."""
+    return BUNDLED_DIR / "skills"

@@ -1,0 +1,87 @@
+"""`mafm3 run`: one study in, segmentation / prognosis / classification out, written under --out."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+HELP = "run skills on one study (CT, optional PET and clinical data) and write the results"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ct", required=True, help="CT: DICOM folder, NIfTI, NRRD or MHA")
+    parser.add_argument("--pet", help="PET (converted to SUV); a PT series beside a DICOM CT is found")
+    parser.add_argument("--clinical", help="clinical record as JSON (fields in mafm3.clinical)")
+    parser.add_argument("--skill", nargs="+", default=[], metavar="ID", help="run these skills by id")
+    parser.add_argument(
+        "--task",
+        nargs="+",
+        default=["segmentation"],
+        choices=["segmentation", "prognosis", "classification"],
+        help="tasks to run when no --skill is given; the skill is chosen from the images at hand",
+    )
+    parser.add_argument("--out", required=True, help="output folder (written atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG (needs a DICOM CT)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1)")
+    parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward pass")
+    parser.add_argument("--pet-units", default="auto", choices=["auto", "suv", "bqml"], help="PET units")
+    parser.add_argument("--pet-suv-scale", type=float, help="multiply the PET by this to get SUV")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mafm3.engine import Engine, RunRequest
+    from mafm3.progress import TerminalProgress
+
+    request = RunRequest(
+        ct=args.ct,
+        pet=args.pet,
+        clinical=args.clinical,
+        skills=args.skill,
+        tasks=args.task,
+        overlap=args.overlap,
+        sw_batch_size=args.sw_batch_size,
+        pet_units=args.pet_units,
+        pet_scale=args.pet_suv_scale,
+        device=args.device,
+        precision=args.precision,
+    )
+    progress = TerminalProgress(enabled=not args.quiet)
+    try:
+        result, files = Engine(args.device).run_and_write(
+            request, args.out, overwrite=args.overwrite, dicom_seg=args.dicom_seg, progress=progress
+        )
+    finally:
+        progress.close()
+    if not args.quiet:
+        print(summary(result, files))
+    return 0
+
+
+def summary(result, files) -> str:
+    """A few lines a clinician reads first: segment volumes, risk, survival, where the report is."""
+    lines = []
+    if result.demo:
+        lines.append("DEMO - synthetic data, not for clinical use")
+    if result.segmentation is not None:
+        volumes = ", ".join(f"{name} {ml:.1f} ml" for name, ml in result.segmentation.volumes_ml().items())
+        lines.append(f"segmentation ({result.segmentation.skill_id}): {volumes}")
+    if result.prognosis is not None:
+        prognosis = result.prognosis
+        two_years = prognosis.survival_at_years.get(2, math.nan)
+        shown = "beyond the model's follow-up" if math.isnan(two_years) else f"{two_years:.0%}"
+        lines.append(
+            f"prognosis ({prognosis.skill_id}): risk {prognosis.risk:.3f} ({prognosis.risk_group}), "
+            f"2-year recurrence-free survival {shown}"
+        )
+    if result.classification is not None:
+        top = sorted(result.classification.probabilities.items(), key=lambda item: -item[1])[:3]
+        lines.append("classification: " + ", ".join(f"{label} {p:.0%}" for label, p in top))
+    lines.append(f"device {result.device}, {result.timings_s.get('total', 0):.1f} s")
+    report = [f for f in files if f.name == "report.html"]
+    if report:
+        lines.append(f"report: {report[0]}")
+    return "\n".join(lines)

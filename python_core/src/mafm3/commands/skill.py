@@ -1,0 +1,153 @@
+"""`mafm3 skill list|info|install|remove`: the skill packs of this installation, offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "list, describe, install (offline, checksum verified) or remove skill packs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser(
+        "list", help="list the installed skill packs", description="List installed skills."
+    )
+    listing.add_argument("--json", action="store_true", help="print the manifests as JSON")
+    info = actions.add_parser(
+        "info",
+        help="describe a pack (folder, zip or installed id) or a preset",
+        description="Describe a skill pack, an installed skill or a preset (with its trainable parameters).",
+    )
+    which = info.add_mutually_exclusive_group(required=True)
+    which.add_argument("pack", nargs="?", help="pack folder or .zip, or the id of an installed skill")
+    which.add_argument("--preset", help="a built-in preset name, e.g. hecktor-seg-ct")
+    info.add_argument("--json", action="store_true", help="print as JSON")
+    install = actions.add_parser(
+        "install",
+        help="install a pack folder or zip into <MAFM3_HOME>/skills",
+        description="Install a skill pack offline; its weights' sha256 and its backbone are checked first.",
+    )
+    install.add_argument("pack", type=Path, help="pack folder or .zip")
+    remove = actions.add_parser(
+        "remove", help="remove an installed skill", description="Remove an installed skill."
+    )
+    remove.add_argument("skill_id", metavar="ID", help="skill id, e.g. hecktor-seg-ct")
+    remove.add_argument("--version", help="which version, when several are installed")
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"list": _list, "info": _info, "install": _install, "remove": _remove}[args.action](args)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from mafm3.config import skills_dir
+    from mafm3.skills.store import installed_manifests
+
+    manifests = installed_manifests()
+    if args.json:
+        print(json.dumps(manifests, indent=2))
+        return 0
+    if not manifests:
+        print(f"no skills installed in {skills_dir()}; install one with `mafm3 skill install PACK`")
+    for manifest in manifests:
+        if "error" in manifest:
+            print(f"{manifest['id']:<24} BROKEN: {manifest['error']}")
+            continue
+        modalities = "+".join(manifest.get("modalities", []))
+        demo = "  DEMO" if manifest.get("demo") else ""
+        backbone = manifest.get("backbone", {}).get("id", "?")
+        columns = f"{manifest['id']:<24} {manifest['version']:<10} {manifest['task']:<15} {modalities:<7}"
+        print(f"{columns} {backbone}{demo}")
+    print("built in: ctclip-zeroshot (classification, on a backbone imported with its text side)")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    if args.preset is not None:
+        from mafm3.skills.presets import get_preset, parameter_counts
+
+        preset = get_preset(args.preset)
+        counts = parameter_counts(preset)
+        report = {
+            "preset": preset.name,
+            "description": preset.description,
+            "task": preset.config.task,
+            "modalities": list(preset.modalities),
+            "outputs": preset.outputs,
+            "trainable_parameters": sum(counts.values()),
+            "trainable_by_part": counts,
+            "backbone": f"CT-ViT D {preset.backbone.dim}",
+            "config": preset.config.to_dict(),
+            "preprocessing": preset.preprocessing,
+            "inference": preset.inference,
+            "demo": preset.demo,
+        }
+    else:
+        report = _pack_report(args.pack)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+    return 0
+
+
+def _pack_report(pack: str) -> dict:
+    from mafm3.errors import MAFM3Error
+    from mafm3.skills.manifest import SkillManifest
+    from mafm3.skills.packs import installed_pack_folders, opened_pack, verify_pack
+    from mafm3.skills.registry import version_key
+
+    path = Path(pack)
+    if not path.exists():
+        folders = installed_pack_folders(pack)
+        if not folders:
+            raise MAFM3Error(
+                f"{pack} is neither a pack folder or zip nor an installed skill id; check the name."
+            )
+        path = max(folders, key=lambda folder: version_key(SkillManifest.read(folder).version))
+    with opened_pack(path) as folder:
+        manifest = verify_pack(folder)
+    return {**manifest.to_dict(), "path": str(path)}
+
+
+def _print_report(report: dict) -> None:
+    name = report.get("preset") if "id" not in report else f"{report['id']} {report['version']}"
+    lines = [
+        f"skill        {name}{'  (DEMO ONLY)' if report.get('demo') else ''}",
+        f"description  {report['description']}",
+        f"task         {report['task']}",
+        f"modalities   {' + '.join(report['modalities'])}",
+        f"trainable    {report['trainable_parameters']:,} parameters",
+    ]
+    for part, count in report.get("trainable_by_part", {}).items():
+        lines.append(f"  {part:<24} {count:>12,}")
+    if "backbone" in report:
+        backbone = report["backbone"]
+        lines.append(
+            f"backbone     {backbone['id']} (sha256 {backbone['sha256'][:12]}...)"
+            if isinstance(backbone, dict)
+            else f"backbone     {backbone}"
+        )
+    outputs = [output.get("name", "?") for output in report["outputs"]]
+    lines.append(f"outputs      {', '.join(outputs)}")
+    if "path" in report:
+        lines.append(f"path         {report['path']}")
+    print("\n".join(lines))
+
+
+def _install(args: argparse.Namespace) -> int:
+    from mafm3.skills.packs import install_pack
+
+    manifest, target = install_pack(args.pack)
+    print(f"installed {manifest.id} {manifest.version} ({manifest.task}) in {target}")
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from mafm3.skills.packs import remove_pack
+
+    removed = remove_pack(args.skill_id, args.version)
+    print(f"removed {removed}")
+    return 0

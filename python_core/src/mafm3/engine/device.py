@@ -1,0 +1,69 @@
+"""Device and precision policy: CUDA, then MPS, then CPU; bf16 autocast where the hardware does bf16."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mafm3.errors import MAFM3Error
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """The torch device for `requested` ("auto", "cuda", "cuda:N", "mps" or "cpu").
+
+    Raises MAFM3Error when an accelerator is asked for but torch cannot use it.
+    """
+    name = (requested or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MAFM3Error(
+                "A CUDA GPU was requested but torch cannot use one; run `mafm3 doctor` to see why, "
+                "or use --device cpu."
+            )
+        return torch.device(name)
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise MAFM3Error("Apple MPS was requested but is not available; use --device cpu.")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise MAFM3Error(f"Unknown device {requested!r}; use one of {', '.join(DEVICES)}.")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`, or None for full fp32.
+
+    "auto": bf16 on CUDA with bf16 support (fp16 on older GPUs), bf16 on a CPU with native bf16, else fp32.
+    """
+    if precision not in PRECISIONS:
+        raise MAFM3Error(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None

@@ -1,0 +1,129 @@
+"""Running one activated skill on one prepared input: sliding windows for segmentation, one pass otherwise.
+
+Everything runs under `torch.inference_mode` with optional autocast; segmentation is argmaxed on the device
+and comes back as uint8 labels in model space (T, H, W), never as float class maps.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from mafm3.clinical import ClinicalRecord
+from mafm3.errors import MAFM3Error
+from mafm3.imaging.preprocess import PreparedInput
+from mafm3.model.skill_model import ClassificationSkill, PrognosisSkill, SegmentationSkill
+from mafm3.progress import ProgressCallback
+
+
+class Cancelled(Exception):
+    """The user cancelled the run."""
+
+
+class StageClock:
+    """Accumulates seconds per stage; synchronises CUDA so asynchronous kernels are charged correctly."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    def timed(self, stage: str, function: Callable, *args, **kwargs):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        value = function(*args, **kwargs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+        return value
+
+
+def window_count(shape: tuple[int, ...], window: tuple[int, ...], overlap: float) -> int:
+    """How many windows MONAI's sliding window visits (stride = int(window · (1 - overlap)) per axis)."""
+    count = 1
+    for size, length in zip(shape, window, strict=True):
+        stride = max(int(length * (1 - overlap)), 1)
+        count *= 1 if size <= length else math.ceil((size - length) / stride) + 1
+    return count
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def segment(
+    skill: SegmentationSkill,
+    prepared: PreparedInput,
+    window: tuple[int, int, int],
+    *,
+    overlap: float,
+    sw_batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    clock: StageClock,
+    progress: ProgressCallback,
+    cancel: threading.Event | None,
+) -> np.ndarray:
+    """Labels (T, H, W) uint8 in model space: Gaussian-blended sliding windows, argmax on the device."""
+    if not 0 <= overlap < 1:
+        raise MAFM3Error(f"The window overlap must be at least 0 and below 1, got {overlap}.")
+    total = math.ceil(window_count(prepared.shape, window, overlap) / sw_batch_size)
+    done = 0
+
+    def predictor(crops: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        if cancel is not None and cancel.is_set():
+            raise Cancelled
+        _, hidden = clock.timed("backbone", skill.features, crops)
+        logits = clock.timed("head", skill.decoder, crops, hidden)
+        done += 1
+        progress("inference", min(done / total, 1.0), f"{skill.name}: window batch {done} of {total}")
+        return logits.float()
+
+    volume = torch.from_numpy(prepared.array).unsqueeze(0).to(device)
+    with torch.inference_mode(), autocast(device, dtype):
+        logits = sliding_window_inference(
+            volume, window, sw_batch_size, predictor, overlap=overlap, mode="gaussian"
+        )
+        labels = logits.argmax(dim=1)[0].to(torch.uint8)
+    return labels.cpu().numpy()
+
+
+def prognose(
+    skill: PrognosisSkill,
+    prepared: PreparedInput,
+    record: ClinicalRecord | None,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    clock: StageClock,
+) -> dict:
+    """`PrognosisHead.outcome` for one study (batch of one), tensors moved to the CPU."""
+    volume = torch.from_numpy(prepared.array).unsqueeze(0).to(device)
+    with torch.inference_mode(), autocast(device, dtype):
+        clinical = skill.encode_clinical([record or ClinicalRecord()])
+        tokens, _ = clock.timed("backbone", skill.features, volume)
+        logits = clock.timed("head", skill.head, tokens.mean(dim=(1, 2, 3)).float(), clinical)
+        return skill.head.outcome(logits.float())
+
+
+def classify(
+    skill: ClassificationSkill,
+    prepared: PreparedInput,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    clock: StageClock,
+) -> dict[str, float]:
+    """P(abnormality present) for each label of the zero-shot skill."""
+    volume = torch.from_numpy(prepared.array).unsqueeze(0).to(device)
+    with torch.inference_mode(), autocast(device, dtype):
+        probabilities = clock.timed("backbone", skill, volume)[0].float().cpu()
+    return {label: float(p) for label, p in zip(skill.config.labels, probabilities, strict=True)}

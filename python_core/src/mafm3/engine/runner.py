@@ -1,0 +1,302 @@
+"""The engine: one study in, a `StudyResult` out, with backbones and skills kept warm between studies.
+
+Flow (DESIGN.md): read the study -> choose the skills (registry) -> for each distinct preprocessing, prepare
+the input once -> activate each skill on its shared backbone (no reload) -> infer -> labels back onto the CT's
+own grid, prognosis and classification read out -> `StudyResult`; `run_and_write` adds the writers.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from mafm3 import __version__
+from mafm3.config import bundled_skills_dir, skills_dir
+from mafm3.engine.backbones import BackboneCache, LoadedBackbone, find_backbone
+from mafm3.engine.device import autocast_dtype, resolve_device
+from mafm3.engine.inference import Cancelled, StageClock, classify, prognose, segment
+from mafm3.errors import MAFM3Error
+from mafm3.imaging.preprocess import PreparedInput, PreprocessingConfig, labels_to_ct_grid, prepare_input
+from mafm3.imaging.study import Study, load_study
+from mafm3.progress import ProgressCallback, silent_progress
+from mafm3.results import ClassificationResult, PrognosisResult, SegmentationResult, StudyResult
+from mafm3.skills.packs import LoadedSkill, load_skill
+from mafm3.skills.registry import AvailableSkill, available_skills, choose_skill
+from mafm3.skills.text_side import load_clip_text, load_text_encoder
+
+TASKS = ("segmentation", "prognosis", "classification")
+
+
+@dataclass
+class RunRequest:
+    """What to run on one study. Paths are files or DICOM folders; `clinical` is a JSON file.
+
+    skills: explicit skill ids (each runs its own task); empty -> one skill per task in `tasks`, chosen from
+    the images at hand (the PET/CT skill when a PET is given, else the CT skill).
+    overlap: sliding-window overlap in [0, 1); None takes the skill's own.
+    """
+
+    ct: str
+    pet: str | None = None
+    clinical: str | None = None
+    skills: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=lambda: ["segmentation"])
+    overlap: float | None = None
+    sw_batch_size: int = 4
+    pet_units: str = "auto"
+    pet_scale: float | None = None
+    device: str | None = None
+    precision: str = "auto"
+
+
+class Engine:
+    """Keeps backbones and skills loaded per device, so a warm process pays only for inference."""
+
+    def __init__(self, device: str = "auto", skill_roots: list[Path] | None = None) -> None:
+        self.default_device = device
+        self.skill_roots = skill_roots
+        self.backbones = BackboneCache()
+        self._skills: dict[tuple[str, str], LoadedSkill] = {}  # (skill id, device) -> loaded skill
+        self._text: dict[tuple[Path, str], object] = {}
+
+    # -- skills -------------------------------------------------------------------------------------------
+
+    def available(self) -> list[AvailableSkill]:
+        """Installed packs, then those shipped with mafm3 (an installed id+version shadows a shipped one)."""
+        roots = self.skill_roots if self.skill_roots is not None else [skills_dir(), bundled_skills_dir()]
+        found: dict[tuple[str, str], AvailableSkill] = {}
+        for root in roots:
+            for skill in available_skills(root=Path(root)):
+                found.setdefault((skill.manifest.id, skill.manifest.version), skill)
+        return list(found.values())
+
+    def choose(self, request: RunRequest, modalities: set[str]) -> list[AvailableSkill]:
+        """The skills the request asks for, given the study's modalities; MAFM3Error when one cannot run."""
+        candidates = self.available()
+        if request.skills:
+            chosen = []
+            for skill_id in request.skills:
+                tasks = {s.manifest.task for s in candidates if s.manifest.id == skill_id}
+                task = tasks.pop() if len(tasks) == 1 else "segmentation"
+                chosen.append(choose_skill(task, modalities, candidates, skill_id))
+            return chosen
+        unknown = sorted(set(request.tasks) - set(TASKS))
+        if unknown or not request.tasks:
+            raise MAFM3Error(f"Unknown task {', '.join(unknown) or '(none)'}; use {', '.join(TASKS)}.")
+        return [choose_skill(task, modalities, candidates) for task in dict.fromkeys(request.tasks)]
+
+    def activate(self, available: AvailableSkill, device: torch.device) -> tuple[LoadedSkill, LoadedBackbone]:
+        """The skill loaded on its backbone on `device`; both are reused on later calls."""
+        manifest = available.manifest
+        folder = find_backbone(manifest.backbone["sha256"], manifest.backbone["id"])
+        backbone = self.backbones.get(folder, device)
+        key = (manifest.id, str(device))
+        loaded = self._skills.get(key)
+        if loaded is not None and loaded.manifest.version != manifest.version:
+            loaded.model.release()  # one version per id on a backbone: the adapter is named after the id
+            loaded = None
+        if loaded is None:
+            loaded = load_skill(
+                available.folder if available.folder is not None else manifest,
+                backbone.encoder,
+                backbone.sha256,
+                **self._text_side(manifest, backbone),
+            )
+            loaded.model.to(device)
+            self._skills[key] = loaded
+        loaded.model.activate(merged=True)  # LoRA folded into new weight tensors; the base stays untouched
+        return loaded, backbone
+
+    def _text_side(self, manifest, backbone: LoadedBackbone) -> dict:
+        config = manifest.config
+        needs_report = (
+            config.get("task") == "prognosis"
+            and (config.get("prognosis") or {}).get("clinical_encoder") == "report"
+        )
+        if config.get("task") == "classification":
+            return {"clip_text": self._cached_text(backbone, load_clip_text)}
+        if needs_report:
+            return {"text_encoder": self._cached_text(backbone, load_text_encoder)}
+        return {}
+
+    def _cached_text(self, backbone: LoadedBackbone, loader):
+        key = (backbone.folder.resolve(), loader.__name__)
+        if key not in self._text:
+            self._text[key] = loader(backbone.folder)
+            if hasattr(self._text[key], "to"):
+                self._text[key].to(backbone.device)
+        return self._text[key]
+
+    # -- running ------------------------------------------------------------------------------------------
+
+    def load(self, request: RunRequest, progress: ProgressCallback = silent_progress) -> Study:
+        return load_study(
+            request.ct,
+            request.pet,
+            request.clinical,
+            pet_units=request.pet_units,
+            pet_scale=request.pet_scale,
+            progress=progress,
+        )
+
+    def run(
+        self,
+        request: RunRequest,
+        progress: ProgressCallback = silent_progress,
+        cancel: threading.Event | None = None,
+        study: Study | None = None,
+    ) -> tuple[StudyResult, Study]:
+        """Run the requested skills on one study. Returns the result and the study it was computed on."""
+        started = time.perf_counter()
+        device = resolve_device(request.device or self.default_device)
+        dtype = autocast_dtype(device, request.precision)
+        clock = StageClock(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def checkpoint() -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+
+        if study is None:
+            study = clock.timed("read", self.load, request, progress)
+        modalities = {"CT"} | ({"PET"} if study.pet is not None else set())
+        chosen = self.choose(request, modalities)
+        result = StudyResult(inputs=_inputs_record(request, study), device=_device_name(device))
+        prepared_by_config: dict[PreprocessingConfig, PreparedInput] = {}
+        for number, available in enumerate(chosen):
+            checkpoint()
+            manifest = available.manifest
+            progress("load", number / len(chosen), f"activating {manifest.id}")
+            loaded, backbone = clock.timed("load", self.activate, available, device)
+            backbone.encoder.autocast_dtype = dtype
+            config = PreprocessingConfig.from_dict(manifest.preprocessing)
+            if config not in prepared_by_config:  # skills with the same preprocessing share one pass
+                prepared_by_config[config] = clock.timed(
+                    "preprocess", prepare_input, study, config, skill_name=manifest.id, progress=progress
+                )
+            prepared = prepared_by_config[config]
+            checkpoint()
+            self._run_skill(loaded, prepared, study, request, result, device, dtype, clock, progress, cancel)
+            result.backbone = {"id": backbone.manifest["id"], "sha256": backbone.sha256}
+            result.demo = result.demo or manifest.demo
+        result.timings_s = {stage: round(seconds, 4) for stage, seconds in clock.seconds.items()}
+        result.timings_s["total"] = round(time.perf_counter() - started, 4)
+        result.peak_rss_gb = peak_rss_gb()
+        if device.type == "cuda":
+            peak_allocated = torch.cuda.max_memory_allocated(device) / 1024**3
+            result.inputs["cuda_max_allocated_gb"] = round(peak_allocated, 3)
+        return result, study
+
+    def _run_skill(self, loaded, prepared, study, request, result, device, dtype, clock, progress, cancel):
+        manifest = loaded.manifest
+        model = loaded.model
+        if manifest.task == "segmentation":
+            window = tuple(manifest.inference["window_voxels"])
+            overlap = manifest.inference.get("overlap", 0.25) if request.overlap is None else request.overlap
+            labels = segment(
+                model,
+                prepared,
+                window,
+                overlap=overlap,
+                sw_batch_size=request.sw_batch_size,
+                device=device,
+                dtype=dtype,
+                clock=clock,
+                progress=progress,
+                cancel=cancel,
+            )
+            on_ct = clock.timed("postprocess", labels_to_ct_grid, labels, prepared, study.ct)
+            segments = manifest.segments()
+            result.segmentation = SegmentationResult(on_ct, segments, manifest.id, manifest.version)
+            return
+        _check_input_size(manifest, prepared)
+        if manifest.task == "prognosis":
+            outcome = prognose(model, prepared, study.clinical, device=device, dtype=dtype, clock=clock)
+            result.prognosis = PrognosisResult(
+                risk=float(outcome["risk"][0]),
+                risk_group=outcome["risk_group"][0],
+                times_days=[float(t) for t in outcome["times_days"]],
+                survival=[float(s) for s in outcome["survival"][0]],
+                survival_at_years={y: float(p[0]) for y, p in outcome["survival_at_years"].items()},
+                skill_id=manifest.id,
+                skill_version=manifest.version,
+            )
+        else:
+            probabilities = classify(model, prepared, device=device, dtype=dtype, clock=clock)
+            result.classification = ClassificationResult(probabilities, manifest.id, manifest.version)
+        progress("inference", 1.0, f"{manifest.id} done")
+
+    def run_and_write(
+        self,
+        request: RunRequest,
+        out_dir: str | Path,
+        *,
+        overwrite: bool = False,
+        dicom_seg: bool = False,
+        progress: ProgressCallback = silent_progress,
+        cancel: threading.Event | None = None,
+    ) -> tuple[StudyResult, list[Path]]:
+        """`run`, then every writer into `out_dir` (atomically: a failure leaves `out_dir` as it was)."""
+        from mafm3.outputs import check_output_dir, write_outputs
+
+        check_output_dir(out_dir, overwrite=overwrite)
+        result, study = self.run(request, progress, cancel)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled
+        progress("write", 0.0, f"writing {out_dir}")
+        started = time.perf_counter()
+        ct_files = study.sources.get("ct", {}).get("files") if dicom_seg else None
+        files = write_outputs(
+            result, out_dir, study.ct, study.pet, ct_files, dicom_seg=dicom_seg, overwrite=overwrite
+        )
+        result.timings_s["write"] = round(time.perf_counter() - started, 4)
+        progress("write", 1.0, "done")
+        return result, files
+
+
+def _check_input_size(manifest, prepared: PreparedInput) -> None:
+    expected = tuple(manifest.inference.get("input_voxels", prepared.shape))
+    if tuple(prepared.shape) != expected:
+        raise MAFM3Error(
+            f"Skill {manifest.id} expects a {expected} input but its preprocessing gave "
+            f"{tuple(prepared.shape)}; the pack's preprocessing and inference disagree, export it again."
+        )
+
+
+def _inputs_record(request: RunRequest, study: Study) -> dict:
+    return {
+        "request": {key: value for key, value in asdict(request).items() if value not in (None, [], "")},
+        "sources": study.sources,
+        "ct": _image_record(study.ct),
+        "pet": _image_record(study.pet) if study.pet is not None else None,
+        "clinical": study.clinical.to_dict() if study.clinical is not None else None,
+        "mafm3": __version__,
+    }
+
+
+def _image_record(image) -> dict:
+    return {
+        "size": list(image.GetSize()),
+        "spacing_mm": list(image.GetSpacing()),
+        "origin_mm": list(image.GetOrigin()),
+        "direction": list(image.GetDirection()),
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def peak_rss_gb() -> float:
+    """The process's peak resident memory so far, in GB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024**3 if sys.platform == "darwin" else 1024**2), 3)

@@ -1,0 +1,70 @@
+"""CT-CLIP's text tower wrapper (`mafm3.model.text`) on a tiny random BERT with a tiny vocabulary.
+
+Oracles: masked mean pooling does not depend on how much padding a batch adds; [CLS] pooling is position 0 of
+BERT's own output; a state dict written by BERT loads back into an identical model. `tiny_text_tower` is
+imported by the classification and skill tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from mafm3.model.text import TextEncoder, bert_from_state_dict, load_tokenizer
+
+WORDS = (
+    "is present not . the a patient year old male female weighing kg tobacco alcohol use no status "
+    "performance hpv positive negative surgery chemotherapy given performed staging tnm head neck cancer "
+    "lung nodule emphysema cardiomegaly medical material"
+).split()
+
+
+def tiny_text_tower(folder, hidden: int = 16, seed: int = 0) -> tuple[dict, TextEncoder]:
+    """Writes a WordPiece vocab to `folder` and returns (BERT state dict, TextEncoder) of a 1-layer BERT."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[f"{d}" for d in range(10)]]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+    )
+    state = BertModel(config).state_dict()
+    return state, TextEncoder(bert_from_state_dict(state), load_tokenizer(folder), max_length=128)
+
+
+def test_masked_mean_ignores_padding_and_cls_is_the_first_position(tmp_path):
+    _, tower = tiny_text_tower(tmp_path / "tok", hidden=64)
+    short, long = "lung nodule is present .", "the patient is a 61 year old male weighing 80 kg ."
+    alone = tower([short])
+    padded = tower([short, long])  # the short text is padded to the long one's length
+    assert torch.allclose(alone[0], padded[0], atol=1e-5)
+    assert not torch.allclose(padded[0], padded[1])
+    batch = tower.tokenizer([short], return_tensors="pt")
+    with torch.no_grad():
+        direct = tower.bert(**batch).last_hidden_state
+    assert torch.allclose(tower([short], pooling="cls")[0], direct[0, 0])
+    assert torch.allclose(alone[0], direct[0].mean(0), atol=1e-6)
+
+
+def test_the_tower_stays_frozen_and_in_eval_mode(tmp_path):
+    _, tower = tiny_text_tower(tmp_path / "tok")
+    tower.train()
+    assert not tower.bert.training
+    assert not any(p.requires_grad for p in tower.parameters())
+    with pytest.raises(ValueError, match="`pooling` must be one of"):
+        tower(["a"], pooling="max")
+
+
+def test_bert_config_is_inferred_from_the_checkpoint_shapes(tmp_path):
+    state, tower = tiny_text_tower(tmp_path / "tok", hidden=128)
+    config = tower.bert.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (128, 1, 2)
+    rebuilt = bert_from_state_dict(state)
+    for key, value in rebuilt.state_dict().items():
+        assert torch.equal(value, state[key]), key
