@@ -11,4 +11,9 @@ Axis legend, used in every docstring and einops pattern of this package:
 The CT-ViT: `patch_embedding` (voxels -> tokens), `position` (continuous position bias, PEG), `attention`
 (cosine attention, GEGLU feed-forward), `vq` (cosine codebook), `ctvit` (the layer stack, the encoder and its
 two forward paths), `checkpoint` (reading and splitting a CT-CLIP flat state dict: the one key map).
+
+The skills' parts: `lora` (named peft adapters, bit-exact out-of-place merge), `decoders` (UNETR decoder on
+the 4 hidden states, PET skip), `mtlr` (the one survival parameterisation), `prognosis` (clinical encoders,
+adapters, fusion, MTLR head), `text` (CT-CLIP's BERT), `classification` (zero-shot CLIP head) and
+`skill_model` (a skill assembled on the shared backbone).
 """
