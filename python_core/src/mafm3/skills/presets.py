@@ -50,12 +50,12 @@ _CT = {
 _PET_CT = {**_CT, "channels": ["ct", "pet"], "ct_normalisation": "zscore", "pet_normalisation": "zscore"}
 _PET_CT["roi"] = {**_ROI, "method": "pet"}
 _CTCLIP = {**_CT, "ct_window": [-1000.0, 1000.0]}  # CT-CLIP pre-training: clip +-1000 HU, / 1000
-_DEMO_CT = {**_CT, "spacing": [3.0, 3.0, 3.0], "roi": {"method": "auto", "size_mm": [192.0, 192.0, 96.0]}}
-_DEMO_PET_CT = {
-    **_PET_CT,
-    "spacing": [3.0, 3.0, 3.0],
-    "roi": {"method": "pet", "size_mm": [192.0, 192.0, 96.0]},
-}
+# The demo skills see the whole synthetic head & neck at 2 mm: a 192 x 192 x 224 mm box (96 x 96 x 112 voxels,
+# multiples of the 16-voxel patches) placed by the authors' PET-uptake heuristic (CT body without PET). The
+# box is long enough along S that the heuristic's pull towards the brain still leaves the neck inside it.
+_DEMO_ROI = {"size_mm": [192.0, 192.0, 224.0]}
+_DEMO_CT = {**_CT, "spacing": [2.0, 2.0, 2.0], "roi": {"method": "auto", **_DEMO_ROI}}
+_DEMO_PET_CT = {**_PET_CT, "spacing": [2.0, 2.0, 2.0], "roi": {"method": "pet", **_DEMO_ROI}}
 
 _SEGMENTS = [GTVP.to_dict(), GTVN.to_dict()]
 _PROGNOSIS_OUTPUTS = [
@@ -98,7 +98,7 @@ def _segmentation(channels: int, feature_size: int, rank: int) -> SkillConfig:
 
 
 _SEG_WINDOW = {"window_voxels": [96, 96, 96], "overlap": 0.25}
-_DEMO_SEG_WINDOW = {"window_voxels": [32, 32, 32], "overlap": 0.25}
+_DEMO_SEG_WINDOW = {"window_voxels": [48, 48, 48], "overlap": 0.25}
 
 PRESETS: dict[str, Preset] = {
     preset.name: preset
@@ -182,7 +182,7 @@ PRESETS: dict[str, Preset] = {
             ),
             ("CT",),
             _DEMO_CT,
-            {"input_voxels": [32, 64, 64]},
+            {"input_voxels": [112, 96, 96]},  # (T, H, W) = (z, x, y) of the demo box
             _PROGNOSIS_OUTPUTS,
             DEMO_BACKBONE,
             demo=True,
