@@ -30,7 +30,13 @@ class TerminalProgress:
         if stage != self._stage:
             self.close()
             self._stage = stage
-            self._bar = tqdm(total=100, desc=f"{stage:<10}", unit="%", leave=False, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=100,
+                desc=f"{stage:<10}",
+                leave=False,
+                dynamic_ncols=True,
+                bar_format="{desc} {percentage:3.0f}% |{bar:20}| {elapsed} {postfix}",
+            )
         self._bar.n = round(100 * min(max(fraction, 0.0), 1.0))
         self._bar.set_postfix_str(message, refresh=True)
 

@@ -60,6 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     study.add_argument("--out", type=Path, required=True, help="new (or empty) output folder")
     _add_size(study)
+    backbone = actions.add_parser(
+        "make-backbone",
+        help="pre-train the demo backbone on synthetic anatomy and import it",
+        description="Pre-train the reduced demo CT-ViT on the tissue anatomy of synthetic studies (never on "
+        "tumours) and import it as a backbone folder, as `mafm3 backbone import` does for CT-CLIP_v2.pt.",
+    )
+    backbone.add_argument("--out", type=Path, required=True, help="new (or empty) backbone folder")
+    backbone.add_argument("--studies", type=_count, default=12, help="synthetic studies to learn from")
+    backbone.add_argument("--steps", type=_count, default=300, help="optimiser steps (batch of 4 crops)")
+    backbone.add_argument("--seed", type=_seed, default=0, help="seed of the studies and of the training")
 
 
 def _print_progress(stage: str, fraction: float, message: str = "") -> None:
@@ -70,7 +80,23 @@ def run(args: argparse.Namespace) -> int:
     from mafm3.demo.study import generate_study
     from mafm3.demo.writers import check_output_folder, write_cohort, write_study
 
-    if args.demo_action == "make-cohort":
+    if args.demo_action == "make-backbone":
+        from mafm3.demo.backbone import make_demo_backbone
+        from mafm3.progress import TerminalProgress
+
+        progress = TerminalProgress()
+        try:
+            manifest = make_demo_backbone(
+                args.out, n_studies=args.studies, steps=args.steps, seed=args.seed, progress=progress
+            )
+        finally:
+            progress.close()
+        record = manifest["pretraining"]
+        print(
+            f"demo backbone {manifest['id']} written to {args.out}: loss {record['loss_first']} -> "
+            f"{record['loss_last']} ({DEMO_NOTICE})"
+        )
+    elif args.demo_action == "make-cohort":
         ids = write_cohort(args.n, args.seed, args.out, args.size, progress=_print_progress)
         print(f"{len(ids)} synthetic studies written to {args.out} ({DEMO_NOTICE})")
     else:
