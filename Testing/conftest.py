@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -40,3 +41,17 @@ def mrml_scene():
     """A fresh `vtkMRMLScene`, also set as `slicer.mrmlScene`, with the module logics Slicer would attach."""
     with slicer_standins.application_scene() as scene:
         yield scene
+
+
+@pytest.fixture
+def skills_home(tmp_path, monkeypatch) -> Path:
+    """A MAFM3_HOME of this test's own (packs go in `<home>/skills`), and the fake engine of
+    `fake_engine.py` for every worker the test starts (through the environment the worker inherits)."""
+    home = tmp_path / "mafm3_home"
+    (home / "skills").mkdir(parents=True)
+    monkeypatch.setenv("MAFM3_HOME", str(home))
+    monkeypatch.setenv("MAFM3_WORKER_ENGINE", "fake_engine:FakeEngine")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(TESTING_DIR), os.environ.get("PYTHONPATH")]))
+    )
+    return home

@@ -217,6 +217,10 @@ def application_scene() -> Iterator[object]:
     - Segmentations module logic with `SetMRMLScene`: in Slicer, loading the Segmentations module does this,
       and that call registers the segmentation converter rules (binary labelmap, closed surface, ...). Without
       it, `AddEmptySegment` fails with "Unable to construct empty representation type 'Binary labelmap'".
+    - Colors module logic with its default colour tables, registered as "Colors" with an application logic
+      that the Volumes logic knows: in Slicer, the application logic holds every module logic. Label map
+      display nodes (e.g. the temporary ones of `slicer.util.arrayFromSegmentBinaryLabelmap`) get their
+      colour table through it.
     - `slicer.modules`: in Slicer, the module manager fills it. `slicer.util`'s segment-array helpers call
       `slicer.modules.segmentations.logic()` and volume helpers `slicer.modules.volumes.logic()`, so the
       namespace offers exactly these two logics, bound to this scene.
@@ -224,7 +228,14 @@ def application_scene() -> Iterator[object]:
     scene = slicer.vtkMRMLScene()
     segmentations_logic = slicer.vtkSlicerSegmentationsModuleLogic()
     segmentations_logic.SetMRMLScene(scene)
+    application_logic = slicer.vtkSlicerApplicationLogic()
+    application_logic.SetMRMLScene(scene)
+    colors_logic = slicer.vtkMRMLColorLogic()
+    colors_logic.SetMRMLScene(scene)
+    colors_logic.AddDefaultColorNodes()
+    application_logic.SetModuleLogic("Colors", colors_logic)
     volumes_logic = slicer.vtkSlicerVolumesLogic()
+    volumes_logic.SetMRMLApplicationLogic(application_logic)
     volumes_logic.SetMRMLScene(scene)
     slicer.mrmlScene = scene
     slicer.modules = types.SimpleNamespace(

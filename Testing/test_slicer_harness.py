@@ -47,8 +47,9 @@ def test_module_and_lib_import_without_qt_torch_or_the_core_and_load_simpleitk_o
         f"""
         import sys
         sys.path[:0] = [{str(MODULE_DIR)!r}, {str(TESTING_DIR)!r}]
-        import MAFM3SlicerLib.clinical, MAFM3SlicerLib.geometry, MAFM3SlicerLib.study_check
-        import MAFM3SlicerLib.volume_files
+        import importlib, pkgutil, MAFM3SlicerLib
+        for lib_module in pkgutil.iter_modules(MAFM3SlicerLib.__path__):
+            importlib.import_module("MAFM3SlicerLib." + lib_module.name)
         import slicer_standins
         with slicer_standins.installed():
             import MAFM3Slicer

@@ -4,7 +4,9 @@ import dataclasses
 import types
 
 import numpy as np
+import pytest
 import slicer
+from skill_packs import write_pack
 from synthetic_volumes import ras_matrix, rotation_about_z, volume_node
 
 from mafm3.clinical import ClinicalRecord
@@ -19,10 +21,6 @@ def test_the_module_declares_itself_a_segmentation_module_with_demo_skills_not_f
     assert parent.categories == ["Segmentation"]
     assert "demo skills: synthetic data, not for clinical use" in parent.helpText
     assert "arXiv 2511.11212" in parent.acknowledgementText
-
-
-def test_the_self_test_passes_headless(mafm3_slicer, mrml_scene):
-    mafm3_slicer.MAFM3SlicerTest().runTest()
 
 
 def test_logic_describes_an_oblique_study_and_names_the_problem(mafm3_slicer, mrml_scene):
@@ -108,10 +106,52 @@ def test_a_fully_known_clinical_panel_fills_every_field_of_the_cores_record(mafm
     assert set(record) == {field.name for field in dataclasses.fields(ClinicalRecord)}
 
 
-def test_logic_lists_the_installed_skill_packs(mafm3_slicer, monkeypatch, tmp_path):
-    pack = tmp_path / "skills" / "hecktor-seg-ct-1.0.0"
-    pack.mkdir(parents=True)
-    (pack / "manifest.json").write_text('{"id": "hecktor-seg-ct", "version": "1.0.0"}')
-    monkeypatch.setenv("MAFM3_HOME", str(tmp_path))
+def test_logic_lists_the_skill_packs_for_the_panel(mafm3_slicer, skills_home):
+    write_pack(skills_home / "skills", "hecktor-seg-ct")
+    assert [skill.id for skill in mafm3_slicer.MAFM3SlicerLogic().availableSkills()] == ["hecktor-seg-ct"]
 
-    assert [m["id"] for m in mafm3_slicer.MAFM3SlicerLogic().installedSkills()] == ["hecktor-seg-ct"]
+
+def test_installing_a_pack_that_is_not_there_reports_the_cores_sentence(mafm3_slicer, tmp_path):
+    from MAFM3SlicerLib.commands import CommandError
+
+    with pytest.raises(CommandError, match="is neither a skill pack folder nor a zip of one"):
+        mafm3_slicer.MAFM3SlicerLogic().installSkillPack(tmp_path / "pack.zip")
+
+
+def test_the_self_test_runs_the_skills_through_the_worker_headless(mafm3_slicer, mrml_scene, skills_home):
+    write_pack(skills_home / "skills", "fake-seg-petct", "segmentation", ("CT", "PET"), demo=True)
+    write_pack(skills_home / "skills", "fake-seg-ct", "segmentation", ("CT",), demo=True)
+    write_pack(skills_home / "skills", "fake-rfs", "prognosis", ("CT",), demo=True)
+    ran = []
+    test = mafm3_slicer.MAFM3SlicerTest()
+    test.delayDisplay = lambda message, msec=None: ran.append(message)
+
+    test.runTest()
+
+    assert ran[-1].startswith("Demo skills ran through the worker: ")
+    ran_skills = set(ran[-1].split(": ")[1].split(", "))
+    assert ran_skills <= {
+        "fake-seg-petct",
+        "fake-rfs",
+        "demo-seg-petct",
+        "demo-prognosis",
+    }  # shipped demo packs
+    assert len(ran_skills) == 2  # one segmentation (the PET/CT one) and one prognosis skill
+
+
+def test_the_self_test_skips_inference_only_when_there_is_no_skill_at_all(
+    mafm3_slicer, mrml_scene, skills_home, monkeypatch, tmp_path
+):
+    import mafm3.config
+
+    monkeypatch.setattr(mafm3.config, "bundled_skills_dir", lambda: tmp_path / "no shipped skills")
+    said = []
+    test = mafm3_slicer.MAFM3SlicerTest()
+    test.delayDisplay = lambda message, msec=None: said.append(message)
+
+    test.test_demo_skills_run_through_the_worker_into_nodes()
+
+    assert said == [
+        "No skill pack is installed or shipped with the mafm3 core: the inference part of the self-test is "
+        "skipped. Install a skill pack (Skill packs > Import skill pack...) to run it."
+    ]

@@ -3,7 +3,7 @@
 Every field may stay unknown, and unknown is left out of the record (the core never guesses a value): the
 choice lists start with UNKNOWN, and a number at its spin box minimum (0, shown as "unknown") is unknown.
 The panel names fields in Slicer's camelCase (`performanceStatus`); the record in the core's snake_case
-(`performance_status`).
+(`performance_status`). `panel_values` goes the other way (the demo study's record fills the panel).
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ CLINICAL_FIELDS = (
     "nStage",
     "mStage",
 )
+CHOICES = {
+    "sex": SEX_CHOICES,
+    **{name: YES_NO_CHOICES for name in YES_NO_FIELDS},
+    "performanceStatus": PERFORMANCE_STATUS_CHOICES,
+    "tStage": T_STAGE_CHOICES,
+    "nStage": N_STAGE_CHOICES,
+    "mStage": M_STAGE_CHOICES,
+}
 
 
 def clinical_record(panel: Mapping[str, object]) -> dict:
@@ -54,6 +62,25 @@ def clinical_record(panel: Mapping[str, object]) -> dict:
             value = int(value)
         record[_snake_case(name)] = value
     return record
+
+
+def panel_values(record: Mapping[str, object]) -> dict:
+    """The panel's values for a clinical record (core field names): what the record lacks, or holds in a form
+    the panel does not offer, is unknown."""
+    panel: dict = {}
+    for name in CLINICAL_FIELDS:
+        value = record.get(_snake_case(name))
+        if name in NUMBER_FIELDS:
+            panel[name] = (
+                float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+            )
+            continue
+        if name in YES_NO_FIELDS and isinstance(value, bool):
+            value = "yes" if value else "no"
+        elif name == "performanceStatus" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        panel[name] = value if value in CHOICES[name] else UNKNOWN
+    return panel
 
 
 def _snake_case(camel_case: str) -> str:

@@ -7,12 +7,22 @@ The headless pytest suite cannot test this (there is no Qt under slicer-core). c
         slicer.testing.runUnitTest(['Testing/Python'], 'MAFM3SlicerWidgetTest')"
 """
 
+import json
 import unittest
 
 import numpy as np
+import qt
 import slicer
 
 from MAFM3Slicer import DEVICE_CHOICES
+from MAFM3SlicerLib.demo_study import CLINICAL_ATTRIBUTE
+from MAFM3SlicerLib.skills import SkillInfo
+
+SKILLS = [
+    SkillInfo("test-seg-ct", "1.0.0", "segmentation", ("CT",), "CT segmentation", False, None),
+    SkillInfo("test-seg-petct", "1.0.0", "segmentation", ("CT", "PET"), "PET/CT segmentation", True, None),
+    SkillInfo("test-rfs", "1.0.0", "prognosis", ("CT",), "prognosis", False, None),
+]
 
 
 class MAFM3SlicerWidgetTest(unittest.TestCase):
@@ -20,7 +30,14 @@ class MAFM3SlicerWidgetTest(unittest.TestCase):
         slicer.mrmlScene.Clear()
         slicer.util.selectModule("MAFM3Slicer")
         self.widget = slicer.util.getModuleWidget("MAFM3Slicer")
+        self.widget._skills = list(SKILLS)  # the panel's skill list, without depending on installed packs
         self.parameters = self.widget.logic.getParameterNode()
+        self.parameters.skillIds = ""
+        self.widget._onParameterNodeModified()
+
+    def listed(self):
+        skillList = self.widget.ui.skillList
+        return [skillList.item(row).data(qt.Qt.UserRole) for row in range(skillList.count)]
 
     def test_a_ct_set_in_the_parameter_node_shows_in_the_ct_selector(self):
         ct = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
@@ -33,15 +50,41 @@ class MAFM3SlicerWidgetTest(unittest.TestCase):
         selector.currentIndex = DEVICE_CHOICES.index("cpu")
         self.assertEqual(self.parameters.device, "cpu")
 
-    def test_apply_is_enabled_only_while_a_ct_is_selected(self):
+    def test_pet_ct_skills_are_listed_only_while_a_pet_is_selected(self):
+        self.parameters.inputPET = None
+        self.assertEqual(self.listed(), ["test-seg-ct", "test-rfs"])
+        self.parameters.inputPET = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "PET")
+        self.assertEqual(self.listed(), ["test-seg-ct", "test-seg-petct", "test-rfs"])
+
+    def test_checking_skills_writes_their_ids_and_apply_needs_a_ct_and_a_skill(self):
+        self.parameters.inputCT = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+        self.assertFalse(self.widget.ui.applyButton.enabled)
+        skillList = self.widget.ui.skillList
+        skillList.item(self.listed().index("test-rfs")).setCheckState(qt.Qt.Checked)
+        skillList.item(self.listed().index("test-seg-ct")).setCheckState(qt.Qt.Checked)
+        self.assertEqual(self.parameters.skillIds, "test-rfs,test-seg-ct")
+        self.assertTrue(self.widget.ui.applyButton.enabled)
         self.parameters.inputCT = None
         self.assertFalse(self.widget.ui.applyButton.enabled)
-        self.parameters.inputCT = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
-        self.assertTrue(self.widget.ui.applyButton.enabled)
+
+    def test_a_ct_with_a_clinical_record_fills_the_clinical_fields(self):
+        ct = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "DEMO-0 CT")
+        record = {"age": 67.0, "sex": "M", "hpv": False, "t_stage": "T2"}
+        ct.SetAttribute(CLINICAL_ATTRIBUTE, json.dumps(record))
+        self.parameters.inputCT = ct
+        self.assertEqual(
+            (self.parameters.age, self.parameters.sex, self.parameters.hpv, self.parameters.tStage),
+            (67.0, "M", "no", "T2"),
+        )
+        self.assertEqual(self.widget.ui.sexComboBox.currentText, "M")
 
     def test_apply_on_a_single_slice_reports_it_in_the_results(self):
+        if not self.widget.logic.dependencyStatus().ready:
+            self.skipTest("torch and the mafm3 core are not installed in this Slicer")
         self.parameters.inputCT = slicer.util.addVolumeFromArray(
             np.full((1, 8, 8), -1000, np.int16), name="Slice"
         )
+        self.parameters.skillIds = "test-seg-ct"
         self.widget.ui.applyButton.click()
         self.assertIn("'Slice' is 2-D", self.widget.ui.resultsBrowser.toPlainText())
+        self.assertEqual(self.widget.ui.applyButton.text, "Apply")  # nothing was started

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from mafm3 import __version__
-from mafm3.config import bundled_skills_dir, skills_dir
 from mafm3.engine.backbones import BackboneCache, LoadedBackbone, find_backbone
 from mafm3.engine.device import autocast_dtype, resolve_device
 from mafm3.engine.inference import Cancelled, StageClock, classify, prognose, segment
@@ -27,7 +26,7 @@ from mafm3.imaging.study import Study, load_study
 from mafm3.progress import ProgressCallback, silent_progress
 from mafm3.results import ClassificationResult, PrognosisResult, SegmentationResult, StudyResult
 from mafm3.skills.packs import LoadedSkill, load_skill
-from mafm3.skills.registry import AvailableSkill, available_skills, choose_skill
+from mafm3.skills.registry import AvailableSkill, choose_skill, installed_and_shipped_skills
 from mafm3.skills.text_side import load_clip_text, load_text_encoder
 
 TASKS = ("segmentation", "prognosis", "classification")
@@ -69,12 +68,7 @@ class Engine:
 
     def available(self) -> list[AvailableSkill]:
         """Installed packs, then those shipped with mafm3 (an installed id+version shadows a shipped one)."""
-        roots = self.skill_roots if self.skill_roots is not None else [skills_dir(), bundled_skills_dir()]
-        found: dict[tuple[str, str], AvailableSkill] = {}
-        for root in roots:
-            for skill in available_skills(root=Path(root)):
-                found.setdefault((skill.manifest.id, skill.manifest.version), skill)
-        return list(found.values())
+        return installed_and_shipped_skills(self.skill_roots)
 
     def choose(self, request: RunRequest, modalities: set[str]) -> list[AvailableSkill]:
         """The skills the request asks for, given the study's modalities; MAFM3Error when one cannot run."""

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mafm3 import config
 from mafm3.config import skills_dir
 from mafm3.errors import MAFM3Error
 from mafm3.skills.manifest import MANIFEST_FILE, SkillManifest
@@ -46,6 +47,22 @@ def available_skills(backbone: dict | None = None, root: Path | None = None) -> 
     if backbone is not None and backbone.get("has_text") and backbone.get("has_latent"):
         skills.append(AvailableSkill(zero_shot_manifest(backbone), None))
     return skills
+
+
+def installed_and_shipped_skills(roots: list[Path] | None = None) -> list[AvailableSkill]:
+    """The packs installed under MAFM3_HOME, then those shipped with mafm3 (the demo skills); an installed
+    id and version hides a shipped one. `roots` replaces the two folders (tests, cohort runs)."""
+    roots = [config.skills_dir(), config.bundled_skills_dir()] if roots is None else roots
+    found: dict[tuple[str, str], AvailableSkill] = {}
+    for root in roots:
+        for skill in available_skills(root=Path(root)):
+            found.setdefault((skill.manifest.id, skill.manifest.version), skill)
+    return list(found.values())
+
+
+def is_shipped(skill: AvailableSkill) -> bool:
+    """Whether the skill's pack lies inside the mafm3 package (rather than under MAFM3_HOME)."""
+    return skill.folder is not None and config.bundled_skills_dir() in skill.folder.parents
 
 
 def zero_shot_manifest(backbone: dict) -> SkillManifest:
