@@ -1,0 +1,83 @@
+"""`mafm3 eval`: measure a skill pack (or a UNETR baseline folder) on a dataset through `mafm3 run`'s path."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+HELP = "evaluate a skill pack or baseline on a dataset: Dice/HD95 or C-index/AUC/Brier, JSON + per-case CSV"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="HECKTOR 2022 layout folder or datalist JSON",
+    )
+    parser.add_argument(
+        "--skill",
+        required=True,
+        metavar="PACK",
+        help="pack folder or zip, installed skill id, or baseline folder",
+    )
+    parser.add_argument(
+        "--fold", type=int, metavar="K", help="only the test cases of fold K of the pack's recorded split"
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, metavar="JSON", help="metrics file; the CSV goes beside"
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mafm3.progress import TerminalProgress
+    from mafm3.training.evaluation import evaluate
+
+    progress = TerminalProgress(enabled=not args.quiet)
+    try:
+        summary = evaluate(
+            args.dataset,
+            args.skill,
+            args.out,
+            fold=args.fold,
+            device=args.device,
+            precision=args.precision,
+            n_resamples=args.bootstrap,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    if not args.quiet:
+        print(_lines(summary, args.out))
+    return 0
+
+
+def _lines(summary: dict, out: Path) -> str:
+    metrics = summary["metrics"]
+    skill = summary["skill"]
+    lines = [f"{skill['id']} {skill['version']} on {metrics['n_cases']} case(s)"]
+    if summary["task"] == "segmentation":
+        for name, values in metrics["classes"].items():
+            ci = values["dice_mean_ci"]
+            lines.append(
+                f"{name}: Dice {values['dice_mean']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}], aggregated "
+                f"{values['dice_aggregated']:.3f}, HD95 {values['hd95_mm_mean']:.1f} mm"
+            )
+    else:
+        ci = metrics["harrell_c_ci"]
+        brier = metrics.get("integrated_brier_score", math.nan)
+        lines.append(
+            f"Harrell's C {metrics['harrell_c']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}], "
+            f"Uno's C {metrics['uno_c']:.3f}, mean td-AUC {metrics['time_dependent_auc']['mean']:.3f}, "
+            f"IBS {brier:.3f}"
+        )
+    if summary.get("n_cases_seen_in_training"):
+        lines.append(f"note: {summary['n_cases_seen_in_training']} of these cases were used in training")
+    lines.append(f"metrics: {out} and {out.with_name(out.stem + '_per_case.csv')}")
+    return "\n".join(lines)

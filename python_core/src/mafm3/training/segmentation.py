@@ -1,0 +1,213 @@
+"""Segmentation training: cached model-space cases, class-balanced crops with flips and rot90, DiceCE, and
+sliding-window validation with per-class Dice on the inner validation split.
+
+The recipe is the authors' (`hector_ours.py`, itself MONAI's UNETR tutorial): each iteration takes one case
+per rank and `crops_per_case` crops of the inference window, centred on a tumour voxel or a background voxel
+with equal odds (`RandCropByPosNegLabeld`), then random flips along each axis, a random quarter turn in the
+(H, W) plane and a random intensity shift; the loss is DiceCE on the softmax with a one-hot target,
+background included (the loss only; validation scores GTVp and GTVn alone, method-spec G3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from mafm3.engine.inference import autocast
+from mafm3.errors import MAFM3Error
+from mafm3.imaging.io import read_image
+from mafm3.imaging.preprocess import PreprocessingConfig, prepare_input, to_model_array
+from mafm3.training.datasets import LABEL_VALUES, Case
+from mafm3.training.metrics import segmentation_case_metrics, segmentation_summary
+from mafm3.training.model_space import CachedCases, case_study
+from mafm3.training.trainer import Network, NetworkTask, Ranks, Validation, batch_indices, step_seed
+
+CACHE_KIND = "segmentation-v1"
+BACKGROUND_CENTRES = 20_000  # background voxels kept as candidate crop centres (a seeded uniform sample)
+FLIP_PROBABILITY = 0.1
+ROTATE_PROBABILITY = 0.1
+SHIFT_PROBABILITY, SHIFT_OFFSET = 0.5, 0.1
+SW_BATCH_SIZE = 4
+CROP_STREAM = 1  # seed key that tells the crop draws apart from the step's torch seed
+
+
+def cache_key(config: PreprocessingConfig, window: Sequence[int]) -> dict:
+    """What the cached segmentation arrays depend on besides the case's files."""
+    return {
+        "kind": CACHE_KIND,
+        "preprocessing": config.to_dict(),
+        "window": list(window),
+        "background_centres": BACKGROUND_CENTRES,
+    }
+
+
+def model_space_case(case: Case, config: PreprocessingConfig, window: Sequence[int]) -> dict[str, np.ndarray]:
+    """One labelled case in model space, for `CaseCache`.
+
+    image (C, T, H, W) float32 as `prepare_input` gives it; label (1, T, H, W) uint8 sampled nearest on the
+    same grid; fg / bg: flat indices of tumour voxels and of a seeded sample of background voxels on the
+    label padded to at least the window as the training crops pad it (MONAI's `fg_indices` convention).
+    """
+    from monai.transforms import SpatialPad
+
+    prepared = prepare_input(case_study(case), config, skill_name=f"case {case.case_id}")
+    label = to_model_array(read_image(case.label)[0], prepared.grid, config.axis_order, "nearest")
+    values = set(np.unique(label).tolist())
+    if not values <= LABEL_VALUES:
+        raise MAFM3Error(
+            f"The label of case {case.case_id} holds values {sorted(values)}: only 0, 1 (GTVp) and 2 (GTVn) "
+            "are allowed; fix the label map."
+        )
+    label = label.astype(np.uint8)[None]
+    padded = np.asarray(SpatialPad(list(window))(label))[0]
+    background = np.flatnonzero(padded == 0)
+    if background.size > BACKGROUND_CENTRES:
+        generator = np.random.default_rng(0)
+        background = np.sort(generator.choice(background, BACKGROUND_CENTRES, replace=False))
+    return {"image": prepared.array, "label": label, "fg": np.flatnonzero(padded > 0), "bg": background}
+
+
+def crop_transform(window: Sequence[int], crops_per_case: int, seed: int):
+    """The MONAI training transform: pad to the window, pos/neg crops, flips, rot90 (square H, W), shift."""
+    from monai.transforms import (
+        Compose,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandRotate90d,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
+
+    keys = ["image", "label"]
+    steps = [
+        SpatialPadd(keys, spatial_size=list(window)),
+        RandCropByPosNegLabeld(
+            keys,
+            label_key="label",
+            spatial_size=list(window),
+            pos=1,
+            neg=1,
+            num_samples=crops_per_case,
+            fg_indices_key="fg",
+            bg_indices_key="bg",
+        ),
+        *(RandFlipd(keys, prob=FLIP_PROBABILITY, spatial_axis=axis) for axis in range(3)),
+    ]
+    if window[1] == window[2]:  # a quarter turn keeps the crop's shape only when H = W
+        steps.append(RandRotate90d(keys, prob=ROTATE_PROBABILITY, max_k=3, spatial_axes=(1, 2)))
+    steps.append(RandShiftIntensityd("image", offsets=SHIFT_OFFSET, prob=SHIFT_PROBABILITY))
+    return Compose(steps).set_random_state(seed=seed)
+
+
+def sliding_window_labels(
+    network: Callable[[torch.Tensor], torch.Tensor],
+    image: np.ndarray,
+    window: Sequence[int],
+    overlap: float,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> np.ndarray:
+    """Labels (T, H, W) uint8 of a model-space image (C, T, H, W): Gaussian-blended windows as `mafm3 run`
+    blends them (`engine.inference.segment`, which also times stages and reports progress), argmax."""
+    from monai.inferers import sliding_window_inference
+
+    volume = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0).to(device)
+    with torch.inference_mode(), autocast(device, dtype):
+        logits = sliding_window_inference(
+            volume,
+            list(window),
+            SW_BATCH_SIZE,
+            lambda x: network(x).float(),
+            overlap=overlap,
+            mode="gaussian",
+        )
+        return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+
+
+class SegmentationTask(NetworkTask):
+    """DiceCE on crops of the training cases; mean tumour Dice (GTVp, GTVn) on the validation cases."""
+
+    def __init__(
+        self,
+        network: Network,
+        train: CachedCases,
+        val: CachedCases | None,
+        *,
+        window: Sequence[int],
+        overlap: float,
+        spacing: Sequence[float],
+        batch_size: int,
+        crops_per_case: int,
+        ranks: Ranks,
+        dtype: torch.dtype | None,
+        seed: int,
+    ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from monai.losses import DiceCELoss
+
+        self.network, self.train, self.val = network, train, val
+        self.window, self.overlap, self.spacing = tuple(window), overlap, tuple(spacing)
+        self.batch_size, self.crops_per_case = batch_size, crops_per_case
+        self.ranks, self.dtype, self.seed = ranks, dtype, seed
+        self.loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+        # Loading and cropping the next iteration's batch overlaps with this one's forward and backward; a
+        # batch depends only on its iteration number, so prefetching changes nothing but the wall time.
+        self._loader = ThreadPoolExecutor(max_workers=1)
+        self._pending: dict[int, object] = {}
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's crops at `step`: images (N, C, *window) float32, labels (N, 1, *window) uint8."""
+        from monai.utils import convert_to_numpy
+
+        indices = batch_indices(
+            len(self.train), self.batch_size, step, self.ranks.rank, self.ranks.world_size, self.seed
+        )
+        images, labels = [], []
+        for offset, index in enumerate(indices):
+            # Keyed by the case's place in the iteration's global batch, so N ranks with batch b draw the
+            # crops one process with batch N·b would (`batch_indices` interleaves the ranks the same way).
+            seed = step_seed(self.seed, step, self.ranks.rank + self.ranks.world_size * offset, CROP_STREAM)
+            for crop in crop_transform(self.window, self.crops_per_case, seed)(self.train.arrays(index)):
+                images.append(convert_to_numpy(crop["image"], dtype=np.float32))
+                labels.append(convert_to_numpy(crop["label"], dtype=np.uint8))
+        return np.stack(images), np.stack(labels)
+
+    def loss(self, step: int) -> torch.Tensor:
+        pending = self._pending.pop(step, None) or self._loader.submit(self.batch, step)
+        self._pending[step + 1] = self._loader.submit(self.batch, step + 1)
+        images, labels = pending.result()
+        images = torch.from_numpy(images).to(self.ranks.device)
+        labels = torch.from_numpy(labels).to(self.ranks.device)
+        with autocast(self.ranks.device, self.dtype):
+            logits = self.network.module(images)
+        return self.loss_function(logits.float(), labels)
+
+    def validate(self) -> Validation | None:
+        if not self.val:
+            return None
+        self.set_training(False)
+        summary = segmentation_summary(self.validation_rows(), n_resamples=0)
+        values = {"dice_mean_over_classes": summary["dice_mean_over_classes"], "n_cases": len(self.val)}
+        for name, result in summary["classes"].items():
+            for metric in ("dice_mean", "dice_aggregated", "hd95_mm_mean", "n_evaluated"):
+                values[f"{name}_{metric}"] = result[metric]
+        return Validation("dice_mean_over_classes", summary["dice_mean_over_classes"], values)
+
+    def validation_rows(self) -> list[dict]:
+        """`segmentation_case_metrics` of each validation case in model space. Each rank computes its share
+        and the rows travel as numbers: a sum over ranks of tables that are zero where another rank owns
+        the case."""
+        empty = np.zeros((1, 1, 1), dtype=np.uint8)
+        keys = list(segmentation_case_metrics(empty, empty, self.spacing))  # the row's fields, in order
+        table = torch.zeros(len(self.val), len(keys), dtype=torch.float64)
+        for index, _ in self.ranks.shard(self.val.cases):
+            arrays = self.val.arrays(index)
+            labels = sliding_window_labels(
+                self.network.module, arrays["image"], self.window, self.overlap, self.ranks.device, self.dtype
+            )
+            row = segmentation_case_metrics(labels, arrays["label"][0], self.spacing)
+            table[index] = torch.tensor([float(row[key]) for key in keys], dtype=torch.float64)
+        return [dict(zip(keys, values.tolist(), strict=True)) for values in self.ranks.sum(table).cpu()]
