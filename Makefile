@@ -9,7 +9,7 @@ CONSTRAINTS := python_core/constraints.txt
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q
 
-.PHONY: demo test lint setup setup-test clean
+.PHONY: demo demo-pack test lint setup setup-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,61 @@ setup: $(VENV)/.core-installed
 
 setup-test: $(VENV)/.test-installed
 
+# The main job on the embedded default: a synthetic PET/CT study (DICOM, so reading and SUV conversion run
+# too) through the shipped demo skills, PET/CT segmentation + prognosis, into demo-out/result.
+DEMO_OUT := demo-out
 demo: setup
-	$(BIN)/mafm3 doctor
+	rm -rf $(DEMO_OUT)
+	$(BIN)/mafm3 demo make-study --seed 2024 --out $(DEMO_OUT)/study
+	$(BIN)/mafm3 run --ct $(DEMO_OUT)/study/dicom --clinical $(DEMO_OUT)/study/clinical.json \
+		--task segmentation prognosis --dicom-seg --out $(DEMO_OUT)/result
+
+# Rebuilds the shipped demo (backbone, three skills, held-out metrics) from scratch with the public commands;
+# about an hour on a 2-core CPU. The result replaces python_core/src/mafm3/demo/assets.
+DEMO_BUILD := build/demo-pack
+DEMO_HOME := $(abspath $(DEMO_BUILD))/home
+DEMO_BACKBONE := $(DEMO_HOME)/backbones/mafm3-demo-backbone
+DEMO_ITERATIONS ?= 400
+TRAIN := MAFM3_HOME=$(DEMO_HOME) OMP_NUM_THREADS=1 $(BIN)/mafm3 train
+EVAL := MAFM3_HOME=$(DEMO_HOME) OMP_NUM_THREADS=1 $(BIN)/mafm3 eval --device cpu --dataset $(DEMO_BUILD)/heldout
+TRAIN_FLAGS := --backbone $(DEMO_BACKBONE) --seed 0 --device cpu --precision fp32 --quiet
+
+demo-pack: setup
+	$(MAKE) -j2 $(DEMO_BUILD)/eval-demo-seg-ct.json $(DEMO_BUILD)/eval-demo-seg-petct.json \
+		$(DEMO_BUILD)/eval-demo-prognosis.json $(DEMO_BUILD)/eval-unetr-baseline-petct.json
+	$(BIN)/python -c "from mafm3.demo.pack import bundle_demo; from mafm3.config import BUNDLED_DIR; \
+		import json; print(json.dumps(bundle_demo('$(DEMO_BUILD)', BUNDLED_DIR), indent=2))"
+
+$(DEMO_BACKBONE)/manifest.json:
+	MAFM3_HOME=$(DEMO_HOME) $(BIN)/mafm3 demo make-backbone --out $(DEMO_BACKBONE) --studies 12 --steps 300
+
+$(DEMO_BUILD)/cohort/dataset.json:
+	$(BIN)/mafm3 demo make-cohort --n 40 --seed 1 --out $(DEMO_BUILD)/cohort
+
+$(DEMO_BUILD)/heldout/dataset.json:
+	$(BIN)/mafm3 demo make-cohort --n 12 --seed 2 --out $(DEMO_BUILD)/heldout
+
+DEMO_INPUTS := $(DEMO_BACKBONE)/manifest.json $(DEMO_BUILD)/cohort/dataset.json
+
+$(DEMO_BUILD)/demo-seg-ct/manifest.json: $(DEMO_INPUTS)
+	$(TRAIN) segmentation --dataset $(DEMO_BUILD)/cohort --preset demo-seg-ct --out $(@D) \
+		--iterations $(DEMO_ITERATIONS) --val-every 100 $(TRAIN_FLAGS)
+
+$(DEMO_BUILD)/demo-seg-petct/manifest.json: $(DEMO_INPUTS)
+	$(TRAIN) segmentation --dataset $(DEMO_BUILD)/cohort --preset demo-seg-petct --modalities ct,pet \
+		--out $(@D) --iterations $(DEMO_ITERATIONS) --val-every 100 $(TRAIN_FLAGS)
+
+$(DEMO_BUILD)/demo-prognosis/manifest.json: $(DEMO_INPUTS)
+	$(TRAIN) prognosis --dataset $(DEMO_BUILD)/cohort --preset demo-prognosis --out $(@D) --epochs 30 \
+		$(TRAIN_FLAGS)
+
+$(DEMO_BUILD)/unetr-baseline-petct/manifest.json: $(DEMO_INPUTS)
+	$(TRAIN) segmentation --dataset $(DEMO_BUILD)/cohort --preset demo-seg-petct --modalities ct,pet \
+		--baseline unetr --baseline-size small --out $(@D) --iterations $(DEMO_ITERATIONS) --val-every 100 \
+		$(TRAIN_FLAGS)
+
+$(DEMO_BUILD)/eval-%.json: $(DEMO_BUILD)/%/manifest.json $(DEMO_BUILD)/heldout/dataset.json
+	$(EVAL) --skill $(DEMO_BUILD)/$* --out $@
 
 lint: setup-test
 	$(BIN)/ruff check --config python_core/pyproject.toml python_core MAFM3Slicer Testing

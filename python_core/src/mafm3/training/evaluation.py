@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,6 @@ from mafm3.skills.manifest import SkillManifest
 from mafm3.skills.registry import AvailableSkill, version_key
 from mafm3.training.datasets import Case, Cohort, load_cohort
 from mafm3.training.metrics import (
-    bootstrap_ci,
-    harrell_c_index,
     image_case_metrics,
     prognosis_summary,
     segmentation_summary,
@@ -247,21 +244,6 @@ def _prognosis_row(case: Case, outcome) -> dict:
     return row
 
 
-def _harrell_c(event: np.ndarray, time: np.ndarray, risk: np.ndarray, index: np.ndarray) -> float:
-    """Harrell's C of a bootstrap resample; NaN when it is undefined there.
-
-    `prognosis_summary`'s own interval counts resamples without a comparable pair as undefined, but lets
-    scikit-survival's ValueError for a resample without any event escape (likely on small cohorts); until it
-    counts those too, the interval is computed here.
-    """
-    from sksurv.exceptions import NoComparablePairException
-
-    try:
-        return harrell_c_index(event[index], time[index], risk[index])
-    except (NoComparablePairException, ValueError):
-        return math.nan
-
-
 def _prognosis_metrics(cohort, cases, rows, outcomes, training_ids, ci) -> dict:
     """`prognosis_summary` of the risks; the censoring distribution (Uno's C, td-AUC, Brier) is estimated on
     the pack's training cases when they are in this dataset, else on the evaluated cases themselves."""
@@ -296,9 +278,8 @@ def _prognosis_metrics(cohort, cases, rows, outcomes, training_ids, ci) -> dict:
             train_time_days=train_time,
             survival=survival,
             times_days=times if survival is not None else None,
-            **{**ci, "n_resamples": 0},
+            **ci,
         )
-        summary["harrell_c_ci"] = bootstrap_ci(partial(_harrell_c, event, time, risk), len(cases), **ci)
     except NoComparablePairException as error:
         raise MAFM3Error(
             "The evaluated cases hold no comparable pair (an event before another case's follow-up ends), so "

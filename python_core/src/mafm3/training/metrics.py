@@ -249,7 +249,7 @@ def prognosis_summary(
     def c_index(index: np.ndarray) -> float:
         try:
             return harrell_c_index(event[index], time_days[index], risk[index])
-        except NoComparablePairException:
+        except (NoComparablePairException, ValueError):  # no comparable pair, or no event, in this resample
             return math.nan
 
     train = (train_event, train_time_days)
