@@ -41,7 +41,7 @@ demo: setup
 DEMO_BUILD := build/demo-pack
 DEMO_HOME := $(abspath $(DEMO_BUILD))/home
 DEMO_BACKBONE := $(DEMO_HOME)/backbones/mafm3-demo-backbone
-DEMO_ITERATIONS ?= 400
+DEMO_ITERATIONS ?= 300
 TRAIN := MAFM3_HOME=$(DEMO_HOME) OMP_NUM_THREADS=1 $(BIN)/mafm3 train
 EVAL := MAFM3_HOME=$(DEMO_HOME) OMP_NUM_THREADS=1 $(BIN)/mafm3 eval --device cpu --dataset $(DEMO_BUILD)/heldout
 TRAIN_FLAGS := --backbone $(DEMO_BACKBONE) --seed 0 --device cpu --precision fp32 --quiet
@@ -65,11 +65,11 @@ DEMO_INPUTS := $(DEMO_BACKBONE)/manifest.json $(DEMO_BUILD)/cohort/dataset.json
 
 $(DEMO_BUILD)/demo-seg-ct/manifest.json: $(DEMO_INPUTS)
 	$(TRAIN) segmentation --dataset $(DEMO_BUILD)/cohort --preset demo-seg-ct --out $(@D) \
-		--iterations $(DEMO_ITERATIONS) --val-every 100 $(TRAIN_FLAGS)
+		--iterations $(DEMO_ITERATIONS) --val-every 100 --lr 1e-3 $(TRAIN_FLAGS)
 
 $(DEMO_BUILD)/demo-seg-petct/manifest.json: $(DEMO_INPUTS)
 	$(TRAIN) segmentation --dataset $(DEMO_BUILD)/cohort --preset demo-seg-petct --modalities ct,pet \
-		--out $(@D) --iterations $(DEMO_ITERATIONS) --val-every 100 $(TRAIN_FLAGS)
+		--out $(@D) --iterations $(DEMO_ITERATIONS) --val-every 100 --lr 1e-3 $(TRAIN_FLAGS)
 
 $(DEMO_BUILD)/demo-prognosis/manifest.json: $(DEMO_INPUTS)
 	$(TRAIN) prognosis --dataset $(DEMO_BUILD)/cohort --preset demo-prognosis --out $(@D) --epochs 30 \
@@ -78,7 +78,7 @@ $(DEMO_BUILD)/demo-prognosis/manifest.json: $(DEMO_INPUTS)
 $(DEMO_BUILD)/unetr-baseline-petct/manifest.json: $(DEMO_INPUTS)
 	$(TRAIN) segmentation --dataset $(DEMO_BUILD)/cohort --preset demo-seg-petct --modalities ct,pet \
 		--baseline unetr --baseline-size small --out $(@D) --iterations $(DEMO_ITERATIONS) --val-every 100 \
-		$(TRAIN_FLAGS)
+		--lr 1e-3 $(TRAIN_FLAGS)
 
 $(DEMO_BUILD)/eval-%.json: $(DEMO_BUILD)/%/manifest.json $(DEMO_BUILD)/heldout/dataset.json
 	$(EVAL) --skill $(DEMO_BUILD)/$* --out $@
