@@ -30,9 +30,11 @@ def _format(report: dict) -> str:
         lines.append(f"{name:<12} {installed or 'not installed'}")
     source = "MAFM3_HOME" if report["home"]["from_env"] else "default; set MAFM3_HOME to move it"
     lines.append(f"home         {report['home']['path']} ({source})")
-    lines.append(f"skills       {len(report['skills'])} installed in {report['skills_dir']}")
+    installed = sum(not pack.get("shipped") for pack in report["skills"])
+    lines.append(f"skills       {installed} installed in {report['skills_dir']}")
     for pack in report["skills"]:
         detail = pack.get("error") or f"{pack.get('task', '?')} [{', '.join(pack.get('modalities') or [])}]"
+        detail += " (shipped with mafm3)" if pack.get("shipped") else ""
         lines.append(f"  {pack.get('id')} {pack.get('version', '')}  {detail}")
     lines.extend(f"hint: {hint}" for hint in report["hints"])
     return "\n".join(lines)

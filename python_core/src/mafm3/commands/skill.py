@@ -42,10 +42,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from mafm3.config import skills_dir
+    from mafm3.config import bundled_skills_dir, skills_dir
     from mafm3.skills.store import installed_manifests
 
-    manifests = installed_manifests()
+    shipped = [{**manifest, "shipped": True} for manifest in installed_manifests(bundled_skills_dir())]
+    manifests = installed_manifests() + shipped
     if args.json:
         print(json.dumps(manifests, indent=2))
         return 0
@@ -56,7 +57,9 @@ def _list(args: argparse.Namespace) -> int:
             print(f"{manifest['id']:<24} BROKEN: {manifest['error']}")
             continue
         modalities = "+".join(manifest.get("modalities", []))
-        demo = "  DEMO" if manifest.get("demo") else ""
+        demo = ("  DEMO" if manifest.get("demo") else "") + (
+            "  (shipped with mafm3)" if manifest.get("shipped") else ""
+        )
         backbone = manifest.get("backbone", {}).get("id", "?")
         columns = f"{manifest['id']:<24} {manifest['version']:<10} {manifest['task']:<15} {modalities:<7}"
         print(f"{columns} {backbone}{demo}")
