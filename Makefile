@@ -43,7 +43,7 @@ DEMO_HOME := $(abspath $(DEMO_BUILD))/home
 DEMO_BACKBONE := $(DEMO_HOME)/backbones/mafm3-demo-backbone
 DEMO_ITERATIONS ?= 300
 TRAIN := MAFM3_HOME=$(DEMO_HOME) OMP_NUM_THREADS=1 $(BIN)/mafm3 train
-EVAL := MAFM3_HOME=$(DEMO_HOME) OMP_NUM_THREADS=1 $(BIN)/mafm3 eval --device cpu --dataset $(DEMO_BUILD)/heldout
+EVAL := MAFM3_HOME=$(DEMO_HOME) OMP_NUM_THREADS=1 $(BIN)/mafm3 eval --device cpu
 TRAIN_FLAGS := --backbone $(DEMO_BACKBONE) --seed 0 --device cpu --precision fp32 --quiet
 
 demo-pack: setup
@@ -61,6 +61,14 @@ $(DEMO_BUILD)/cohort/dataset.json:
 $(DEMO_BUILD)/heldout/dataset.json:
 	$(BIN)/mafm3 demo make-cohort --n 12 --seed 2 --out $(DEMO_BUILD)/heldout
 
+# Survival needs many patients more than fine images: the prognosis skill learns from 240 coarse studies
+# and is measured on 80 others.
+$(DEMO_BUILD)/prognosis-cohort/dataset.json:
+	$(BIN)/mafm3 demo make-cohort --n 240 --seed 3 --size tiny --out $(DEMO_BUILD)/prognosis-cohort
+
+$(DEMO_BUILD)/prognosis-heldout/dataset.json:
+	$(BIN)/mafm3 demo make-cohort --n 80 --seed 4 --size tiny --out $(DEMO_BUILD)/prognosis-heldout
+
 DEMO_INPUTS := $(DEMO_BACKBONE)/manifest.json $(DEMO_BUILD)/cohort/dataset.json
 
 $(DEMO_BUILD)/demo-seg-ct/manifest.json: $(DEMO_INPUTS)
@@ -71,8 +79,8 @@ $(DEMO_BUILD)/demo-seg-petct/manifest.json: $(DEMO_INPUTS)
 	$(TRAIN) segmentation --dataset $(DEMO_BUILD)/cohort --preset demo-seg-petct --modalities ct,pet \
 		--out $(@D) --iterations $(DEMO_ITERATIONS) --val-every 100 --lr 1e-3 $(TRAIN_FLAGS)
 
-$(DEMO_BUILD)/demo-prognosis/manifest.json: $(DEMO_INPUTS)
-	$(TRAIN) prognosis --dataset $(DEMO_BUILD)/cohort --preset demo-prognosis --out $(@D) --epochs 30 \
+$(DEMO_BUILD)/demo-prognosis/manifest.json: $(DEMO_BACKBONE)/manifest.json $(DEMO_BUILD)/prognosis-cohort/dataset.json
+	$(TRAIN) prognosis --dataset $(DEMO_BUILD)/prognosis-cohort --preset demo-prognosis --out $(@D) --epochs 15 \
 		$(TRAIN_FLAGS)
 
 $(DEMO_BUILD)/unetr-baseline-petct/manifest.json: $(DEMO_INPUTS)
@@ -80,8 +88,12 @@ $(DEMO_BUILD)/unetr-baseline-petct/manifest.json: $(DEMO_INPUTS)
 		--baseline unetr --baseline-size small --out $(@D) --iterations $(DEMO_ITERATIONS) --val-every 100 \
 		--lr 1e-3 $(TRAIN_FLAGS)
 
+$(DEMO_BUILD)/eval-demo-prognosis.json: $(DEMO_BUILD)/demo-prognosis/manifest.json \
+		$(DEMO_BUILD)/prognosis-heldout/dataset.json
+	$(EVAL) --dataset $(DEMO_BUILD)/prognosis-heldout --skill $(DEMO_BUILD)/demo-prognosis --out $@
+
 $(DEMO_BUILD)/eval-%.json: $(DEMO_BUILD)/%/manifest.json $(DEMO_BUILD)/heldout/dataset.json
-	$(EVAL) --skill $(DEMO_BUILD)/$* --out $@
+	$(EVAL) --dataset $(DEMO_BUILD)/heldout --skill $(DEMO_BUILD)/$* --out $@
 
 lint: setup-test
 	$(BIN)/ruff check --config python_core/pyproject.toml python_core MAFM3Slicer Testing

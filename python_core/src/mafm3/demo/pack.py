@@ -45,7 +45,7 @@ def bundle_demo(build: str | Path, assets: str | Path) -> dict:
     build, assets = Path(build), Path(assets)
     table: dict = {
         "notice": DEMO_NOTICE,
-        "heldout_cohort": "mafm3 demo make-cohort --seed 2 (never trained on)",
+        "heldout_cohorts": "never trained on: make-cohort --seed 2 (segmentation), --seed 4 (prognosis)",
     }
     missing = [name for name in (*DEMO_SKILLS, BASELINE) if not (build / f"eval-{name}.json").is_file()]
     if missing:
