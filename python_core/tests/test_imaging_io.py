@@ -145,3 +145,18 @@ def test_unsupported_file_is_refused(tmp_path):
     path.write_bytes(b"\x89PNG")
     with pytest.raises(MAFM3Error, match="is not a supported image: give a DICOM series folder, NIfTI"):
         read_image(path)
+
+
+@pytest.mark.parametrize("pixel_type", [sitk.sitkInt16, sitk.sitkFloat32])
+def test_a_nifti_cut_off_in_its_voxels_is_refused_not_zero_filled(tmp_path, pixel_type):
+    image = sitk.Cast(
+        sitk.GaussianSource(sitk.sitkFloat32, (40, 30, 20), sigma=(8, 8, 8), scale=500), pixel_type
+    )
+    whole = tmp_path / "whole.nii.gz"
+    sitk.WriteImage(image, str(whole), useCompression=True)
+    assert sitk.GetArrayFromImage(read_image(whole)[0]).tolist() == sitk.GetArrayFromImage(image).tolist()
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(data[: int(len(data) * 0.7)])  # the header survives, the voxels do not
+    with pytest.raises(MAFM3Error, match="incomplete"):
+        read_image(cut)

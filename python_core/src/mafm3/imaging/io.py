@@ -16,8 +16,10 @@ image, `read_image` returns a *source* dict (JSON-serialisable) describing where
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +64,10 @@ class DicomSeries:
             "files": list(self.files),
             "note": note,
         }
+
+
+NIFTI1_SIZEOF_HDR = 348
+NIFTI1_HEADER_BYTES = 352  # the header and the 4-byte extension flag
 
 
 def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
@@ -180,7 +186,29 @@ def read_image(
             f"{path} cannot be read as {file_format} ({_short_reason(error)}): "
             f"check that the file is complete."
         ) from error
+    if path.name.lower().endswith(".nii.gz"):
+        _check_gzip_complete(path, image)
     return image, {"path": str(path), "format": file_format, "modality": None}
+
+
+def _check_gzip_complete(path: Path, image: sitk.Image) -> None:
+    """Refuse a cut-off .nii.gz: SimpleITK reads one without error and fills the missing voxels with zeros.
+
+    The gzip trailer stores the uncompressed size (mod 2^32); a complete NIfTI-1 file holds `vox_offset` bytes
+    of header and extensions, then the voxels. (No library checks this for us.)
+    """
+    with gzip.open(path) as stream:
+        header = stream.read(NIFTI1_HEADER_BYTES)
+    if int.from_bytes(header[:4], "little") != NIFTI1_SIZEOF_HDR:
+        return  # big-endian or NIfTI-2 headers: left to SimpleITK
+    voxel_offset = int(struct.unpack("<f", header[108:112])[0])
+    voxel_bytes = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel()
+    expected = voxel_offset + voxel_bytes * image.GetSizeOfPixelComponent()
+    with open(path, "rb") as stream:
+        stream.seek(-4, os.SEEK_END)
+        stored = int.from_bytes(stream.read(4), "little")
+    if stored != expected % 2**32:
+        raise MAFM3Error(f"{path} is incomplete (cut off while copying or writing): copy the file again.")
 
 
 def write_image(image: sitk.Image, path: str | Path) -> Path:
