@@ -6,6 +6,7 @@ Segment definitions travel with the skill manifest (`outputs`), so writers never
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import SimpleITK as sitk
 
@@ -90,10 +91,17 @@ class SegmentationResult:
     skill_id: str
     skill_version: str
 
+    @cached_property
+    def shape_statistics(self) -> sitk.LabelShapeStatisticsImageFilter:
+        """Per-label shape statistics, computed once: every writer needs them, and a pass over a full CT
+        grid costs about half a second."""
+        statistics = sitk.LabelShapeStatisticsImageFilter()
+        statistics.Execute(self.labels)
+        return statistics
+
     def volumes_ml(self) -> dict[str, float]:
         """Volume of each segment in millilitres."""
-        stats = sitk.LabelShapeStatisticsImageFilter()
-        stats.Execute(self.labels)
+        stats = self.shape_statistics
         present = set(stats.GetLabels())
         mm3_per_ml = 1000.0
         return {

@@ -27,8 +27,7 @@ def label_statistics(result: SegmentationResult) -> sitk.LabelShapeStatisticsIma
     """
     if result.labels.GetPixelID() != sitk.sitkUInt8:
         raise ValueError(f"`labels` must be a uint8 image, got {result.labels.GetPixelIDTypeAsString()}")
-    statistics = sitk.LabelShapeStatisticsImageFilter()
-    statistics.Execute(result.labels)
+    statistics = result.shape_statistics
     undescribed = sorted(set(statistics.GetLabels()) - {spec.label for spec in result.segments})
     if undescribed:
         raise ValueError(f"the label map holds values {undescribed} that no segment describes")
