@@ -29,7 +29,7 @@ PROGNOSIS_SUMMARY = {
 
 
 def test_heldout_record_keeps_the_headline_numbers():
-    record = heldout_record(SEGMENTATION_SUMMARY)
+    record = heldout_record({"task": "segmentation", "metrics": SEGMENTATION_SUMMARY})
     assert record == {
         "n_cases": 12,
         "GTVp_dice_mean": 0.81,
@@ -39,7 +39,7 @@ def test_heldout_record_keeps_the_headline_numbers():
         "GTVn_dice_aggregated": 0.70,
         "GTVn_hd95_mm_median": 9.5,
     }
-    assert heldout_record(PROGNOSIS_SUMMARY) == {
+    assert heldout_record({"task": "prognosis", "metrics": PROGNOSIS_SUMMARY}) == {
         "n_cases": 12,
         "harrell_c": 0.74,
         "harrell_c_ci": {"low": 0.6},
@@ -61,8 +61,8 @@ def build(backbone_manifest, tmp_path):  # noqa: F811
             backbone_manifest,
         )
         summary = PROGNOSIS_SUMMARY if "prognosis" in skill_id else SEGMENTATION_SUMMARY
-        (build / f"eval-{skill_id}.json").write_text(json.dumps(summary))
-    (build / f"eval-{BASELINE}.json").write_text(json.dumps(SEGMENTATION_SUMMARY))
+        (build / f"eval-{skill_id}.json").write_text(json.dumps({"metrics": summary}))
+    (build / f"eval-{BASELINE}.json").write_text(json.dumps({"metrics": SEGMENTATION_SUMMARY}))
     return build
 
 

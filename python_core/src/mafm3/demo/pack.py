@@ -24,8 +24,9 @@ DEMO_SKILLS = ("demo-seg-ct", "demo-seg-petct", "demo-prognosis")
 BASELINE = "unetr-baseline-petct"  # MONAI UNETR from scratch, PET/CT, same data and budget
 
 
-def heldout_record(summary: dict) -> dict:
-    """The headline numbers of a `mafm3 eval` summary (segmentation or prognosis), for manifests, README."""
+def heldout_record(evaluation: dict) -> dict:
+    """The headline numbers of a `mafm3 eval` result (segmentation or prognosis), for manifests, README."""
+    summary = evaluation["metrics"]
     if "classes" not in summary:
         wanted = ("n_cases", "harrell_c", "harrell_c_ci", "uno_c", "integrated_brier_score")
         return {key: summary[key] for key in wanted if key in summary}
