@@ -209,3 +209,14 @@ def test_a_series_on_another_grid_is_refused(ct_series, tmp_path):
     shifted.SetOrigin(tuple(np.array(ct.GetOrigin()) + 0.3))
     with pytest.raises(MAFM3Error, match="is not a slice of the CT"):
         write_dicom_seg(_result_on(shifted), paths, tmp_path / "segmentation.dcm")
+
+
+def test_a_ct_without_its_type2_patient_attributes_still_gets_a_seg(ct_series, tmp_path):
+    paths, ct, series_uid = ct_series
+    for path in paths:  # as an anonymiser leaves them: birth date and sex removed
+        dataset = pydicom.dcmread(path)
+        del dataset.PatientBirthDate, dataset.PatientSex
+        dataset.save_as(path)
+    seg = hd.seg.segread(write_dicom_seg(_result_on(ct), paths, tmp_path / "segmentation.dcm"))
+    assert seg.PatientBirthDate == "" and seg.PatientSex == "" and seg.PatientID == "P1"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid

@@ -74,6 +74,29 @@ def ct_slices_on_grid(ct_dicom_paths: Sequence[str | Path], grid: sitk.Image) ->
     return [slices[k] for k in range(size_z)]
 
 
+# Patient and study attributes a SEG copies from its source. They are type 2 (present, possibly empty) in a
+# CT, but scanners and anonymisers often drop them, and highdicom then fails on the missing attribute.
+TYPE2_COPIED_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+def _with_type2_attributes(dataset: pydicom.Dataset) -> pydicom.Dataset:
+    """`dataset` with each missing type-2 attribute the SEG copies set empty, as the standard allows."""
+    for keyword in TYPE2_COPIED_ATTRIBUTES:
+        if keyword not in dataset:
+            setattr(dataset, keyword, "")
+    return dataset
+
+
 def write_dicom_seg(
     result: SegmentationResult,
     ct_dicom_paths: Sequence[str | Path] | None,
@@ -97,7 +120,9 @@ def write_dicom_seg(
         )
     path = Path(path)
     label_statistics(result)
-    source_images = ct_slices_on_grid(ct_dicom_paths, result.labels)
+    source_images = [
+        _with_type2_attributes(dataset) for dataset in ct_slices_on_grid(ct_dicom_paths, result.labels)
+    ]
     segments = sorted(result.segments, key=lambda spec: spec.label)
     segment_number = np.zeros(256, dtype=np.uint8)  # label value -> segment number
     for number, spec in enumerate(segments, start=1):
