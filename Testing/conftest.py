@@ -45,11 +45,15 @@ def mrml_scene():
 
 @pytest.fixture
 def skills_home(tmp_path, monkeypatch) -> Path:
-    """A MAFM3_HOME of this test's own (packs go in `<home>/skills`), and the fake engine of
+    """A MAFM3_HOME of this test's own (packs go in `<home>/skills`, no shipped packs), and the fake engine of
     `fake_engine.py` for every worker the test starts (through the environment the worker inherits)."""
+    import mafm3.config
+
     home = tmp_path / "mafm3_home"
     (home / "skills").mkdir(parents=True)
     monkeypatch.setenv("MAFM3_HOME", str(home))
+    # The demo packs shipped inside mafm3 would show up beside the test's own; this process does not see them.
+    monkeypatch.setattr(mafm3.config, "bundled_skills_dir", lambda: home / "shipped-skills")
     monkeypatch.setenv("MAFM3_WORKER_ENGINE", "fake_engine:FakeEngine")
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [str(TESTING_DIR), os.environ.get("PYTHONPATH")]))
