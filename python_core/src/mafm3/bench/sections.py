@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from mafm3.bench.fixtures import BenchSkills, StudyFiles
 from mafm3.bench.measure import best_of, measured, run_child
-from mafm3.engine.inference import StageClock, segment
+from mafm3.engine.inference import SW_BATCH_SIZE, StageClock, segment, sliding_window_labels
 from mafm3.engine.runner import Engine, RunRequest
 from mafm3.imaging.preprocess import (
     OUTSIDE_VALUE,
@@ -37,7 +37,6 @@ from mafm3.model.ctvit import CTViT, CTViTConfig
 from mafm3.model.skill_model import SegmentationSkill, build_skill_model
 from mafm3.skills.presets import PRESETS
 from mafm3.training.baseline import build_unetr, unetr_arguments
-from mafm3.training.segmentation import SW_BATCH_SIZE, sliding_window_labels
 
 STAGES = ("read", "load", "preprocess", "backbone", "head", "postprocess", "write")
 PAPER_SEGMENTATION = "hecktor-seg-petct"
@@ -162,7 +161,15 @@ def compare_with_unetr(
         )
 
     def baseline() -> np.ndarray:
-        return sliding_window_labels(unetr, prepared.array, window, overlap, device, dtype)
+        return sliding_window_labels(
+            unetr,
+            prepared.array,
+            window,
+            overlap=overlap,
+            sw_batch_size=SW_BATCH_SIZE,
+            device=device,
+            dtype=dtype,
+        )
 
     if device.type == "cuda":  # kernels chosen and workspaces allocated before the clock starts
         ours(), baseline()

@@ -22,6 +22,8 @@ from mafm3.imaging.preprocess import PreparedInput
 from mafm3.model.skill_model import ClassificationSkill, PrognosisSkill, SegmentationSkill
 from mafm3.progress import ProgressCallback
 
+SW_BATCH_SIZE = 4  # windows per forward pass, unless a run asks for another
+
 
 class Cancelled(Exception):
     """The user cancelled the run."""
@@ -58,6 +60,33 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+def sliding_window_labels(
+    network: Callable[[torch.Tensor], torch.Tensor],
+    image: np.ndarray,
+    window: tuple[int, ...],
+    *,
+    overlap: float,
+    sw_batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> np.ndarray:
+    """Labels (T, H, W) uint8 of a model-space image (C, T, H, W): Gaussian-blended sliding windows of
+    `network` (crops (N, C, *window) -> logits (N, classes, *window)), argmax on the device."""
+    if not 0 <= overlap < 1:
+        raise MAFM3Error(f"The window overlap must be at least 0 and below 1, got {overlap}.")
+    volume = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0).to(device)
+    with torch.inference_mode(), autocast(device, dtype):
+        logits = sliding_window_inference(
+            volume,
+            list(window),
+            sw_batch_size,
+            lambda crops: network(crops).float(),
+            overlap=overlap,
+            mode="gaussian",
+        )
+        return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+
+
 def segment(
     skill: SegmentationSkill,
     prepared: PreparedInput,
@@ -71,9 +100,8 @@ def segment(
     progress: ProgressCallback,
     cancel: threading.Event | None,
 ) -> np.ndarray:
-    """Labels (T, H, W) uint8 in model space: Gaussian-blended sliding windows, argmax on the device."""
-    if not 0 <= overlap < 1:
-        raise MAFM3Error(f"The window overlap must be at least 0 and below 1, got {overlap}.")
+    """`sliding_window_labels` of a skill, with the backbone and the decoder timed apart, progress per window
+    batch, and a check for cancellation before each batch."""
     total = math.ceil(window_count(prepared.shape, window, overlap) / sw_batch_size)
     done = 0
 
@@ -85,15 +113,17 @@ def segment(
         logits = clock.timed("head", skill.decoder, crops, hidden)
         done += 1
         progress("inference", min(done / total, 1.0), f"{skill.name}: window batch {done} of {total}")
-        return logits.float()
+        return logits
 
-    volume = torch.from_numpy(prepared.array).unsqueeze(0).to(device)
-    with torch.inference_mode(), autocast(device, dtype):
-        logits = sliding_window_inference(
-            volume, window, sw_batch_size, predictor, overlap=overlap, mode="gaussian"
-        )
-        labels = logits.argmax(dim=1)[0].to(torch.uint8)
-    return labels.cpu().numpy()
+    return sliding_window_labels(
+        predictor,
+        prepared.array,
+        window,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        device=device,
+        dtype=dtype,
+    )
 
 
 def prognose(

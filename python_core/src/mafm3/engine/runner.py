@@ -19,7 +19,7 @@ import torch
 from mafm3 import __version__
 from mafm3.engine.backbones import BackboneCache, LoadedBackbone, find_backbone
 from mafm3.engine.device import autocast_dtype, resolve_device
-from mafm3.engine.inference import Cancelled, StageClock, classify, prognose, segment
+from mafm3.engine.inference import SW_BATCH_SIZE, Cancelled, StageClock, classify, prognose, segment
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.preprocess import PreparedInput, PreprocessingConfig, labels_to_ct_grid, prepare_input
 from mafm3.imaging.study import Study, load_study
@@ -47,7 +47,7 @@ class RunRequest:
     skills: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=lambda: ["segmentation"])
     overlap: float | None = None
-    sw_batch_size: int = 4
+    sw_batch_size: int = SW_BATCH_SIZE
     pet_units: str = "auto"
     pet_scale: float | None = None
     device: str | None = None

@@ -165,9 +165,9 @@ def _engine_predictor(skill: AvailableSkill, device: str, precision: str) -> Cal
 
 def _baseline_predictor(folder: Path, device: str, precision: str) -> tuple[dict, Callable]:
     from mafm3.engine.device import autocast_dtype
+    from mafm3.engine.inference import SW_BATCH_SIZE, sliding_window_labels
     from mafm3.imaging.preprocess import PreprocessingConfig, labels_to_ct_grid, prepare_input
     from mafm3.training.baseline import load_baseline
-    from mafm3.training.segmentation import sliding_window_labels
 
     torch_device = resolve_device(device)
     dtype = autocast_dtype(torch_device, precision)
@@ -181,9 +181,10 @@ def _baseline_predictor(folder: Path, device: str, precision: str) -> tuple[dict
             baseline.module,
             prepared.array,
             inference["window_voxels"],
-            float(inference.get("overlap", 0.25)),
-            torch_device,
-            dtype,
+            overlap=float(inference.get("overlap", 0.25)),
+            sw_batch_size=SW_BATCH_SIZE,
+            device=torch_device,
+            dtype=dtype,
         )
         return labels_to_ct_grid(labels, prepared, study.ct)
 

@@ -10,12 +10,12 @@ background included (the loss only; validation scores GTVp and GTVn alone, metho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from mafm3.engine.inference import autocast
+from mafm3.engine.inference import SW_BATCH_SIZE, autocast, sliding_window_labels
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.io import read_image
 from mafm3.imaging.preprocess import PreprocessingConfig, prepare_input, to_model_array
@@ -29,7 +29,6 @@ BACKGROUND_CENTRES = 20_000  # background voxels kept as candidate crop centres 
 FLIP_PROBABILITY = 0.1
 ROTATE_PROBABILITY = 0.1
 SHIFT_PROBABILITY, SHIFT_OFFSET = 0.5, 0.1
-SW_BATCH_SIZE = 4
 CROP_STREAM = 1  # seed key that tells the crop draws apart from the step's torch seed
 
 
@@ -99,31 +98,6 @@ def crop_transform(window: Sequence[int], crops_per_case: int, seed: int):
         steps.append(RandRotate90d(keys, prob=ROTATE_PROBABILITY, max_k=3, spatial_axes=(1, 2)))
     steps.append(RandShiftIntensityd("image", offsets=SHIFT_OFFSET, prob=SHIFT_PROBABILITY))
     return Compose(steps).set_random_state(seed=seed)
-
-
-def sliding_window_labels(
-    network: Callable[[torch.Tensor], torch.Tensor],
-    image: np.ndarray,
-    window: Sequence[int],
-    overlap: float,
-    device: torch.device,
-    dtype: torch.dtype | None,
-) -> np.ndarray:
-    """Labels (T, H, W) uint8 of a model-space image (C, T, H, W): Gaussian-blended windows as `mafm3 run`
-    blends them (`engine.inference.segment`, which also times stages and reports progress), argmax."""
-    from monai.inferers import sliding_window_inference
-
-    volume = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0).to(device)
-    with torch.inference_mode(), autocast(device, dtype):
-        logits = sliding_window_inference(
-            volume,
-            list(window),
-            SW_BATCH_SIZE,
-            lambda x: network(x).float(),
-            overlap=overlap,
-            mode="gaussian",
-        )
-        return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 
 
 class SegmentationTask(NetworkTask):
@@ -206,7 +180,13 @@ class SegmentationTask(NetworkTask):
         for index, _ in self.ranks.shard(self.val.cases):
             arrays = self.val.arrays(index)
             labels = sliding_window_labels(
-                self.network.module, arrays["image"], self.window, self.overlap, self.ranks.device, self.dtype
+                self.network.module,
+                arrays["image"],
+                self.window,
+                overlap=self.overlap,
+                sw_batch_size=SW_BATCH_SIZE,
+                device=self.ranks.device,
+                dtype=self.dtype,
             )
             row = segmentation_case_metrics(labels, arrays["label"][0], self.spacing)
             table[index] = torch.tensor([float(row[key]) for key in keys], dtype=torch.float64)
