@@ -12,8 +12,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from mafm3 import __version__
-from mafm3.config import bundled_skills_dir, home_dir, skills_dir
-from mafm3.skills.store import installed_manifests
+from mafm3.config import home_dir, skills_dir
+from mafm3.skills.store import installed_and_shipped_manifests
 
 SKILL_SUMMARY_KEYS = ("id", "version", "task", "modalities", "path", "error", "shipped")
 LIBRARIES = ("monai", "SimpleITK", "peft", "numpy", "safetensors", "pydicom", "highdicom", "slicerio")
@@ -89,9 +89,7 @@ def gpu_hints(torch_info: dict) -> list[str]:
 def doctor_report() -> dict:
     """Everything `mafm3 doctor` prints, as one JSON-serialisable dict."""
     torch_info = torch_report()
-    packs = installed_manifests() + [
-        {**m, "shipped": True} for m in installed_manifests(bundled_skills_dir())
-    ]
+    packs = installed_and_shipped_manifests()
     return {
         "mafm3": __version__,
         "python": {"version": platform.python_version(), "executable": sys.executable},

@@ -42,11 +42,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from mafm3.config import bundled_skills_dir, skills_dir
-    from mafm3.skills.store import installed_manifests
+    from mafm3.config import skills_dir
+    from mafm3.skills.store import installed_and_shipped_manifests
 
-    shipped = [{**manifest, "shipped": True} for manifest in installed_manifests(bundled_skills_dir())]
-    manifests = installed_manifests() + shipped
+    manifests = installed_and_shipped_manifests()
     if args.json:
         print(json.dumps(manifests, indent=2))
         return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mafm3.config import skills_dir
+from mafm3.config import bundled_skills_dir, skills_dir
 
 
 def installed_manifests(root: Path | None = None) -> list[dict]:
@@ -23,3 +23,9 @@ def installed_manifests(root: Path | None = None) -> list[dict]:
         manifest["path"] = str(manifest_path.parent)
         manifests.append(manifest)
     return sorted(manifests, key=lambda m: (str(m.get("id")), str(m.get("version", ""))))
+
+
+def installed_and_shipped_manifests() -> list[dict]:
+    """The installed packs' manifests, then those of the packs shipped with mafm3, marked `shipped`."""
+    shipped = [{**manifest, "shipped": True} for manifest in installed_manifests(bundled_skills_dir())]
+    return installed_manifests() + shipped
