@@ -63,7 +63,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--crops-per-case", type=int, default=4, help="segmentation crops per case (default 4)"
     )
+    parser.add_argument(
+        "--class-ratios",
+        type=float,
+        nargs=3,
+        metavar=("BG", "GTVP", "GTVN"),
+        help="centre segmentation crops on background, GTVp and GTVn voxels with these odds "
+        "(default: tumour or background 1:1, the authors' recipe)",
+    )
     parser.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4 / 3e-4)")
+    parser.add_argument(
+        "--poly-lr",
+        action="store_true",
+        help="decay the learning rate as (1 - step/iterations)^0.9 to 0 (default: constant / StepLR)",
+    )
     parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-5)")
     parser.add_argument(
         "--val-every", type=int, help="iterations between validations (default 500 / one epoch)"

@@ -98,10 +98,22 @@ class TrainOptions:
     precision: str = "auto"
     batch_size: int | None = None  # cases per iteration and rank
     crops_per_case: int = 4  # segmentation
+    class_ratios: tuple[float, float, float] | None = None  # segmentation crop odds (bg, GTVp, GTVn)
+    poly_lr: bool = False  # decay the learning rate to 0 over the run instead of the task's default schedule
     lr: float | None = None
     weight_decay: float | None = None
     val_every: int | None = None  # iterations
     cache: Path | None = None  # default <MAFM3_HOME>/cache
+
+    def __post_init__(self) -> None:
+        if self.class_ratios is not None:
+            self.class_ratios = tuple(float(ratio) for ratio in self.class_ratios)
+            # A positive background share lets every case be cropped, even one without tumour.
+            if len(self.class_ratios) != 3 or min(self.class_ratios) < 0 or self.class_ratios[0] <= 0:
+                raise MAFM3Error(
+                    "Give --class-ratios as three non-negative odds for background, GTVp and GTVn, with a "
+                    "positive background share (e.g. 1 1 1)."
+                )
 
 
 @dataclass
@@ -159,6 +171,7 @@ def _train(options: TrainOptions, ranks: Ranks, progress: ProgressCallback) -> T
         "loss": "DiceCE (softmax, one-hot, background included)" if task == "segmentation" else "MTLR NLL",
         "batch_size_per_rank": batch_size,
         "crops_per_case": options.crops_per_case if task == "segmentation" else None,
+        "crop_centres": _crop_centres(options) if task == "segmentation" else None,
         "world_size": ranks.world_size,
         "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
         "device": ranks.device.type,
@@ -265,6 +278,7 @@ def _task(
         overlap=float(preset.inference.get("overlap", 0.25)),
         spacing=model_spacing(preprocessing),
         crops_per_case=options.crops_per_case,
+        class_ratios=options.class_ratios,
         **common,
     )
 
@@ -458,6 +472,13 @@ def holdout_split(cases: list[Case], val_fraction: float, seed: int) -> Splits:
     return Splits("holdout", seed, parameters, (Fold(0, first.train_ids, first.test_ids, ()),))
 
 
+def _crop_centres(options: TrainOptions) -> str:
+    if options.class_ratios is None:
+        return "tumour or background voxel, 1:1"
+    background, primary, nodes = options.class_ratios
+    return f"background, GTVp or GTVn voxel, {background:g}:{primary:g}:{nodes:g}"
+
+
 def _schedule(options: TrainOptions, n_train: int, batch_size: int, world_size: int) -> Schedule:
     defaults = DEFAULTS[options.task]
     per_epoch = steps_per_epoch(n_train, batch_size, world_size)
@@ -475,8 +496,9 @@ def _schedule(options: TrainOptions, n_train: int, batch_size: int, world_size: 
         iterations=iterations,
         lr=options.lr or defaults["lr"],
         weight_decay=defaults["weight_decay"] if options.weight_decay is None else options.weight_decay,
-        lr_step=lr_step,
-        lr_gamma=PROGNOSIS_LR_GAMMA if lr_step else 1.0,
+        lr_step=0 if options.poly_lr else lr_step,
+        lr_gamma=PROGNOSIS_LR_GAMMA if lr_step and not options.poly_lr else 1.0,
+        lr_poly=options.poly_lr,
         val_every=min(val_every, iterations),
         seed=options.seed,
     )

@@ -6,6 +6,10 @@ per rank and `crops_per_case` crops of the inference window, centred on a tumour
 with equal odds (`RandCropByPosNegLabeld`), then random flips along each axis, a random quarter turn in the
 (H, W) plane and a random intensity shift; the loss is DiceCE on the softmax with a one-hot target,
 background included (the loss only; validation scores GTVp and GTVn alone, method-spec G3).
+
+A tumour voxel drawn uniformly is almost always a GTVp voxel (a primary holds far more voxels than a node), so
+nodes are seldom seen. `class_ratios` (background, GTVp, GTVn) instead centres crops on each class with the
+given odds (`RandCropByLabelClassesd`; a class a case lacks is skipped).
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from mafm3.training.metrics import segmentation_case_metrics, segmentation_summa
 from mafm3.training.model_space import CachedCases, case_study
 from mafm3.training.trainer import Network, NetworkTask, Ranks, Validation, batch_indices, step_seed
 
-CACHE_KIND = "segmentation-v1"
+CACHE_KIND = "segmentation-v2"
 BACKGROUND_CENTRES = 20_000  # background voxels kept as candidate crop centres (a seeded uniform sample)
 FLIP_PROBABILITY = 0.1
 ROTATE_PROBABILITY = 0.1
 SHIFT_PROBABILITY, SHIFT_OFFSET = 0.5, 0.1
+CLASS_INDEX_KEYS = ("bg", "class_1", "class_2")  # crop centres of background, GTVp, GTVn in a cached case
 CROP_STREAM = 1  # seed key that tells the crop draws apart from the step's torch seed
 
 
@@ -47,7 +52,8 @@ def model_space_case(case: Case, config: PreprocessingConfig, window: Sequence[i
 
     image (C, T, H, W) float32 as `prepare_input` gives it; label (1, T, H, W) uint8 sampled nearest on the
     same grid; fg / bg: flat indices of tumour voxels and of a seeded sample of background voxels on the
-    label padded to at least the window as the training crops pad it (MONAI's `fg_indices` convention).
+    label padded to at least the window as the training crops pad it (MONAI's `fg_indices` convention);
+    class_1 / class_2: the flat indices of GTVp and of GTVn voxels alone, for class-balanced crops.
     """
     from monai.transforms import SpatialPad
 
@@ -65,13 +71,24 @@ def model_space_case(case: Case, config: PreprocessingConfig, window: Sequence[i
     if background.size > BACKGROUND_CENTRES:
         generator = np.random.default_rng(0)
         background = np.sort(generator.choice(background, BACKGROUND_CENTRES, replace=False))
-    return {"image": prepared.array, "label": label, "fg": np.flatnonzero(padded > 0), "bg": background}
+    return {
+        "image": prepared.array,
+        "label": label,
+        "fg": np.flatnonzero(padded > 0),
+        "bg": background,
+        "class_1": np.flatnonzero(padded == 1),
+        "class_2": np.flatnonzero(padded == 2),
+    }
 
 
-def crop_transform(window: Sequence[int], crops_per_case: int, seed: int):
-    """The MONAI training transform: pad to the window, pos/neg crops, flips, rot90 (square H, W), shift."""
+def crop_transform(
+    window: Sequence[int], crops_per_case: int, seed: int, class_ratios: Sequence[float] | None = None
+):
+    """The MONAI training transform: pad to the window, pos/neg crops (or class-balanced crops with
+    `class_ratios` for background, GTVp, GTVn), flips, rot90 (square H, W), shift."""
     from monai.transforms import (
         Compose,
+        RandCropByLabelClassesd,
         RandCropByPosNegLabeld,
         RandFlipd,
         RandRotate90d,
@@ -80,18 +97,35 @@ def crop_transform(window: Sequence[int], crops_per_case: int, seed: int):
     )
 
     keys = ["image", "label"]
+    if class_ratios is None:
+        crops = [
+            RandCropByPosNegLabeld(
+                keys,
+                label_key="label",
+                spatial_size=list(window),
+                pos=1,
+                neg=1,
+                num_samples=crops_per_case,
+                fg_indices_key="fg",
+                bg_indices_key="bg",
+            )
+        ]
+    else:
+        crops = [
+            RandCropByLabelClassesd(
+                keys,
+                label_key="label",
+                spatial_size=list(window),
+                ratios=list(class_ratios),
+                num_classes=len(CLASS_INDEX_KEYS),
+                num_samples=crops_per_case,
+                indices_key="class_indices",
+                warn=False,
+            )
+        ]
     steps = [
         SpatialPadd(keys, spatial_size=list(window)),
-        RandCropByPosNegLabeld(
-            keys,
-            label_key="label",
-            spatial_size=list(window),
-            pos=1,
-            neg=1,
-            num_samples=crops_per_case,
-            fg_indices_key="fg",
-            bg_indices_key="bg",
-        ),
+        *crops,
         *(RandFlipd(keys, prob=FLIP_PROBABILITY, spatial_axis=axis) for axis in range(3)),
     ]
     if window[1] == window[2]:  # a quarter turn keeps the crop's shape only when H = W
@@ -114,6 +148,7 @@ class SegmentationTask(NetworkTask):
         spacing: Sequence[float],
         batch_size: int,
         crops_per_case: int,
+        class_ratios: Sequence[float] | None = None,
         ranks: Ranks,
         dtype: torch.dtype | None,
         seed: int,
@@ -125,6 +160,7 @@ class SegmentationTask(NetworkTask):
         self.network, self.train, self.val = network, train, val
         self.window, self.overlap, self.spacing = tuple(window), overlap, tuple(spacing)
         self.batch_size, self.crops_per_case = batch_size, crops_per_case
+        self.class_ratios = None if class_ratios is None else tuple(class_ratios)
         self.ranks, self.dtype, self.seed = ranks, dtype, seed
         self.loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
         # Loading and cropping the next iteration's batch overlaps with this one's forward and backward; a
@@ -144,7 +180,10 @@ class SegmentationTask(NetworkTask):
             # Keyed by the case's place in the iteration's global batch, so N ranks with batch b draw the
             # crops one process with batch N·b would (`batch_indices` interleaves the ranks the same way).
             seed = step_seed(self.seed, step, self.ranks.rank + self.ranks.world_size * offset, CROP_STREAM)
-            for crop in crop_transform(self.window, self.crops_per_case, seed)(self.train.arrays(index)):
+            arrays = self.train.arrays(index)
+            arrays = {**arrays, "class_indices": [arrays[key] for key in CLASS_INDEX_KEYS]}
+            crops = crop_transform(self.window, self.crops_per_case, seed, self.class_ratios)(arrays)
+            for crop in crops:
                 images.append(convert_to_numpy(crop["image"], dtype=np.float32))
                 labels.append(convert_to_numpy(crop["label"], dtype=np.uint8))
         return np.stack(images), np.stack(labels)

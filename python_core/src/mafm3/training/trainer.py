@@ -188,6 +188,7 @@ class Schedule:
     weight_decay: float
     lr_step: int = 0  # iterations between learning-rate decays (StepLR); 0 keeps it constant
     lr_gamma: float = 1.0  # decay factor
+    lr_poly: bool = False  # instead: lr * (1 - step / iterations)^0.9, nnU-Net's decay to 0 at the end
     val_every: int = 0  # iterations between validations (and checkpoints); 0: only at the end
     seed: int = 42
 
@@ -320,9 +321,16 @@ def fit(
 
     parameters = task.trainable_parameters()
     optimizer = torch.optim.AdamW(parameters, lr=schedule.lr, weight_decay=schedule.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(
-        optimizer, step_size=max(schedule.lr_step, 1), gamma=schedule.lr_gamma if schedule.lr_step else 1.0
-    )
+    schedulers = torch.optim.lr_scheduler
+    if schedule.lr_poly:  # a closed form of the step, so a resumed run with more iterations stretches it
+
+        def poly_decay(step: int) -> float:
+            return (1 - min(step, schedule.iterations) / schedule.iterations) ** 0.9
+
+        scheduler = schedulers.LambdaLR(optimizer, poly_decay)
+    else:
+        gamma = schedule.lr_gamma if schedule.lr_step else 1.0
+        scheduler = schedulers.StepLR(optimizer, step_size=max(schedule.lr_step, 1), gamma=gamma)
     start, best_step, best, best_weights = 0, 0, None, None
     if resume:
         state = torch.load(work.checkpoint, map_location=ranks.device, weights_only=True)
