@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -32,7 +33,7 @@ from mafm3.errors import MAFM3Error
 from mafm3.outputs.dicom_seg import write_dicom_seg
 from mafm3.outputs.json_io import write_prognosis_json, write_result_json
 from mafm3.outputs.report import write_report_html
-from mafm3.outputs.segmentation import write_label_map, write_seg_nrrd
+from mafm3.outputs.segmentation import label_statistics, write_label_map, write_seg_nrrd
 from mafm3.results import StudyResult
 
 SEG_NRRD = "segmentation.seg.nrrd"
@@ -78,19 +79,29 @@ def _write_all(
     ct_dicom_paths: Sequence[str | Path] | None,
     dicom_seg: bool,
 ) -> list[str]:
-    """Write every output into `folder`; returns the file names, `result.json` last."""
-    written = []
+    """Write every output into `folder`; returns the file names, `result.json` last.
+
+    The label files are written on a second thread while this one draws the report: compression and
+    SimpleITK release the GIL, so the two overlap (matplotlib holds it).
+    """
     segmentation = study.segmentation
-    if segmentation is not None:
-        written += [
-            write_seg_nrrd(segmentation, folder / SEG_NRRD),
-            write_label_map(segmentation, folder / LABEL_MAP),
-        ]
-        if dicom_seg:
-            written.append(write_dicom_seg(segmentation, ct_dicom_paths, folder / DICOM_SEG))
-    if study.prognosis is not None:
-        written.append(write_prognosis_json(study.prognosis, folder / PROGNOSIS_JSON, demo=study.demo))
-    written += write_report_html(study, ct_image, pet_image, folder)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        label_files = []
+        if segmentation is not None:
+            label_statistics(segmentation)  # checked and computed here, once, before both threads read them
+            label_files = [
+                pool.submit(write_seg_nrrd, segmentation, folder / SEG_NRRD),
+                pool.submit(write_label_map, segmentation, folder / LABEL_MAP),
+            ]
+            if dicom_seg:
+                label_files.append(
+                    pool.submit(write_dicom_seg, segmentation, ct_dicom_paths, folder / DICOM_SEG)
+                )
+        written = []
+        if study.prognosis is not None:
+            written.append(write_prognosis_json(study.prognosis, folder / PROGNOSIS_JSON, demo=study.demo))
+        written += write_report_html(study, ct_image, pet_image, folder)
+        written = [future.result() for future in label_files] + written
     names = [path.name for path in written] + [RESULT_JSON]
     write_result_json(study, folder / RESULT_JSON, names)
     return names

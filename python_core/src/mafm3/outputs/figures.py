@@ -24,6 +24,9 @@ from mafm3.results import PrognosisResult, SegmentSpec
 CT_WINDOW_HU = (-160.0, 240.0)  # width 400, level 40
 MAX_DISPLAY_PIXELS = 512  # longest side of a plane
 SEGMENT_FILL_ALPHA = 0.35
+PLANES_LAYOUT = {"left": 0.01, "right": 0.91, "bottom": 0.1, "top": 0.88, "wspace": 0.04}  # figure fractions
+COLORBAR_BOX = (0.93, 0.18, 0.012, 0.64)  # left, bottom, width, height
+OUTLINE_PIXELS = 2  # a plane of up to 512 pixels is shown at about 400: a 1-pixel line would break up
 PET_MAX_ALPHA = 0.7
 _AIR_HU = -1024.0
 
@@ -113,14 +116,16 @@ def sample_plane(
 
 
 def _draw_segments(axes, labels: np.ndarray, segments: Sequence[SegmentSpec]) -> None:
-    """Translucent fill and a contour line in each segment's colour."""
-    fill = np.zeros((*labels.shape, 4))
+    """Translucent fill and an opaque outline (OUTLINE_PIXELS wide) in each segment's colour, as one RGBA
+    image: matplotlib's contour lines cost a third of the whole report to trace and lay out."""
+    overlay = np.zeros((*labels.shape, 4))
     for spec in segments:
         mask = labels == spec.label
         if mask.any():
-            fill[mask] = (*spec.color, SEGMENT_FILL_ALPHA)
-            axes.contour(mask, levels=[0.5], colors=[spec.color], linewidths=1.5)
-    axes.imshow(fill, interpolation="nearest")
+            inner = sitk.BinaryErode(sitk.GetImageFromArray(mask.astype(np.uint8)), [OUTLINE_PIXELS] * 2)
+            overlay[mask] = (*spec.color, SEGMENT_FILL_ALPHA)
+            overlay[mask & ~sitk.GetArrayViewFromImage(inner).astype(bool)] = (*spec.color, 1.0)
+    axes.imshow(overlay, interpolation="nearest")
 
 
 def _label_edges(axes, plane: Plane, shape: tuple[int, int]) -> None:
@@ -149,8 +154,9 @@ def render_planes_png(
     grids = [plane_grid(ct, plane, centre_lps) for plane in PLANES]
     pet_planes = [sample_plane(pet, grid) for grid in grids] if pet is not None else None
     pet_max = max(max(float(p.max()) for p in pet_planes), 1e-6) if pet_planes else None
-    figure = Figure(figsize=(13, 4.8), facecolor="black", layout="constrained")
-    all_axes = figure.subplots(1, 3)
+    # A fixed layout: matplotlib's constrained layout measured a fifth of the report's time.
+    figure = Figure(figsize=(13, 4.8), facecolor="black")
+    all_axes = figure.subplots(1, 3, gridspec_kw=PLANES_LAYOUT)
     for index, (axes, plane, grid) in enumerate(zip(all_axes, PLANES, grids, strict=True)):
         ct_plane = sample_plane(ct, grid, outside=_AIR_HU)
         axes.imshow(ct_plane, cmap="gray", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1])
@@ -165,14 +171,14 @@ def render_planes_png(
         axes.set_title(plane.name, color="white")
         axes.set_axis_off()
     if pet_planes is not None:
-        colorbar = figure.colorbar(pet_image, ax=all_axes, shrink=0.8, label="PET (SUV)")
+        colorbar = figure.colorbar(pet_image, cax=figure.add_axes(COLORBAR_BOX), label="PET (SUV)")
         colorbar.ax.yaxis.label.set_color("white")
         colorbar.ax.tick_params(colors="white")
     if labels is not None and segments:
         handles = [Patch(color=spec.color, label=spec.name) for spec in segments]
         figure.legend(
             handles=handles,
-            loc="outside lower center",
+            loc="lower center",
             ncols=len(handles),
             facecolor="black",
             labelcolor="white",
