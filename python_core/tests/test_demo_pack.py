@@ -15,7 +15,13 @@ from mafm3.skills.packs import verify_pack
 SEGMENTATION_SUMMARY = {
     "n_cases": 12,
     "classes": {
-        "GTVp": {"dice_mean": 0.81, "dice_aggregated": 0.84, "hd95_mm_median": 4.0},
+        "GTVp": {
+            "dice_mean": 0.81,
+            "dice_mean_ci": {"low": 0.78, "high": 0.84},
+            "dice_aggregated": 0.84,
+            "hd95_mm_median": 4.0,
+            "n_evaluated": 12,
+        },
         "GTVn": {"dice_mean": 0.62, "dice_aggregated": 0.70, "hd95_mm_median": 9.5},
     },
 }
@@ -33,6 +39,7 @@ def test_heldout_record_keeps_the_headline_numbers():
     assert record == {
         "n_cases": 12,
         "GTVp_dice_mean": 0.81,
+        "GTVp_dice_mean_ci": {"low": 0.78, "high": 0.84},
         "GTVp_dice_aggregated": 0.84,
         "GTVp_hd95_mm_median": 4.0,
         "GTVn_dice_mean": 0.62,

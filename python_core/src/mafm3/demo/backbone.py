@@ -37,7 +37,7 @@ from mafm3.model.checkpoint import checkpoint_visual_key
 from mafm3.model.ctvit import CTViT
 from mafm3.progress import ProgressCallback, silent_progress
 from mafm3.skills.backbone import import_ctclip_checkpoint
-from mafm3.skills.presets import DEMO_BACKBONE, PRESETS
+from mafm3.skills.presets import DEMO_BACKBONE, DEMO_CT
 
 DEMO_BACKBONE_ID = "mafm3-demo-backbone"
 PRETRAINING_SEED_OFFSET = 900_000_000  # study seeds far from any cohort seed the skills train on
@@ -49,7 +49,7 @@ def anatomy_volumes(
     n_studies: int, seed: int, progress: ProgressCallback
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(CT (T, H, W) in [-1, 1], tissues (T, H, W)) of `n_studies` synthetic studies on the demo grid."""
-    config = PreprocessingConfig.from_dict(PRESETS["demo-seg-ct"].preprocessing)
+    config = PreprocessingConfig.from_dict(DEMO_CT)
     merge = np.arange(len(Tissue), dtype=np.uint8)
     for source, target in TARGET_TISSUES.items():
         merge[source] = target

@@ -32,8 +32,9 @@ def heldout_record(evaluation: dict) -> dict:
         return {key: summary[key] for key in wanted if key in summary}
     record = {"n_cases": summary["n_cases"]}
     for name, values in summary["classes"].items():
-        for key in ("dice_mean", "dice_aggregated", "hd95_mm_median"):
-            record[f"{name}_{key}"] = values[key]
+        for key in ("dice_mean", "dice_mean_ci", "dice_aggregated", "hd95_mm_median"):
+            if key in values:
+                record[f"{name}_{key}"] = values[key]
     return record
 
 

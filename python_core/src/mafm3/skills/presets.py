@@ -54,7 +54,12 @@ _CTCLIP = {**_CT, "ct_window": [-1000.0, 1000.0]}  # CT-CLIP pre-training: clip 
 # multiples of the 16-voxel patches) placed by the authors' PET-uptake heuristic (CT body without PET). The
 # box is long enough along S that the heuristic's pull towards the brain still leaves the neck inside it.
 _DEMO_ROI = {"size_mm": [192.0, 192.0, 224.0]}
-_DEMO_CT = {**_CT, "spacing": [2.0, 2.0, 2.0], "roi": {"method": "auto", **_DEMO_ROI}}
+# The demo backbone's pre-training input (and the prognosis skill's). The CT-only segmentation skill sees a
+# soft-tissue window instead (W400/L40 to [-1, 1]), which spreads fat, muscle and tumour over the input range
+# rather than 0.2 of it. (The synthetic tumours stay a few HU from their surroundings all the same, so that
+# skill finds almost nothing: the demo's point is what PET adds.)
+DEMO_CT = {**_CT, "spacing": [2.0, 2.0, 2.0], "roi": {"method": "auto", **_DEMO_ROI}}
+_DEMO_SOFT_TISSUE_CT = {**DEMO_CT, "ct_window": [-160.0, 240.0]}
 _DEMO_PET_CT = {**_PET_CT, "spacing": [2.0, 2.0, 2.0], "roi": {"method": "pet", **_DEMO_ROI}}
 
 _SEGMENTS = [GTVP.to_dict(), GTVN.to_dict()]
@@ -148,7 +153,7 @@ PRESETS: dict[str, Preset] = {
             "DEMO ONLY - toy CT tumour segmentation for the synthetic demo backbone",
             _segmentation(channels=1, feature_size=8, rank=4),
             ("CT",),
-            _DEMO_CT,
+            _DEMO_SOFT_TISSUE_CT,
             _DEMO_SEG_WINDOW,
             _SEGMENTS,
             DEMO_BACKBONE,
@@ -181,7 +186,7 @@ PRESETS: dict[str, Preset] = {
                 ),
             ),
             ("CT",),
-            _DEMO_CT,
+            DEMO_CT,
             {"input_voxels": [112, 96, 96]},  # (T, H, W) = (z, x, y) of the demo box
             _PROGNOSIS_OUTPUTS,
             DEMO_BACKBONE,
