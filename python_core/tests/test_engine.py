@@ -69,7 +69,7 @@ def tiny_prognosis_preset() -> Preset:
         "tiny test prognosis",
         config,
         demo.modalities,
-        demo.preprocessing,
+        tiny_preset().preprocessing,  # the segmentation skill's, so the two can share one pass
         demo.inference,
         demo.outputs,
     )
