@@ -83,6 +83,11 @@ def test_class_ratios_need_three_non_negative_odds_with_some_background(ratios, 
         TrainOptions(task="segmentation", dataset=tmp_path, out=tmp_path / "out", class_ratios=ratios)
 
 
+def test_class_ratios_are_refused_for_prognosis(tmp_path):
+    with pytest.raises(MAFM3Error, match="segmentation crops"):
+        TrainOptions(task="prognosis", dataset=tmp_path, out=tmp_path / "out", class_ratios=(1, 1, 1))
+
+
 def test_poly_lr_decays_to_zero_by_the_power_law(lab, tmp_path):  # noqa: F811 (the fixture)
     result = train(
         train_options(

@@ -107,6 +107,8 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         if self.class_ratios is not None:
+            if self.task != "segmentation":
+                raise MAFM3Error("--class-ratios places segmentation crops; drop it when training prognosis.")
             self.class_ratios = tuple(float(ratio) for ratio in self.class_ratios)
             # A positive background share lets every case be cropped, even one without tumour.
             if len(self.class_ratios) != 3 or min(self.class_ratios) < 0 or self.class_ratios[0] <= 0:
