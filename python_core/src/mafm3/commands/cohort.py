@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mafm3.skills import TASKS
+
 HELP = "run skills over a whole dataset (one output folder per case, resumable, summary and metrics)"
 
 
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--task",
         nargs="+",
         default=["segmentation"],
-        choices=["segmentation", "prognosis", "classification"],
+        choices=TASKS,
         help="tasks to run when no --skill is given; the skill is chosen from each case's images",
     )
     run_parser.add_argument("--out", type=Path, required=True, help="output folder (kept between runs)")

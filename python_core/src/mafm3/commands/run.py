@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from mafm3.skills import TASKS
+
 HELP = "run skills on one study (CT, optional PET and clinical data) and write the results"
 
 
@@ -17,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--task",
         nargs="+",
         default=["segmentation"],
-        choices=["segmentation", "prognosis", "classification"],
+        choices=TASKS,
         help="tasks to run when no --skill is given; the skill is chosen from the images at hand",
     )
     parser.add_argument("--out", required=True, help="output folder (written atomically)")

@@ -38,8 +38,8 @@ from mafm3.model.lora import (
 from mafm3.model.patch_embedding import PatchEmbedding
 from mafm3.model.prognosis import PrognosisConfig, PrognosisHead, clinical_report, tabular_features
 from mafm3.model.text import TextEncoder
+from mafm3.skills import TASKS
 
-TASKS = ("segmentation", "prognosis", "classification")
 LORA_PREFIX = "lora."
 
 

@@ -31,11 +31,11 @@ from pathlib import Path
 from mafm3 import __version__
 from mafm3.errors import MAFM3Error
 from mafm3.results import SegmentSpec
+from mafm3.skills import TASKS
 
 FORMAT = "mafm3-skill-v1"
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
-TASKS = ("segmentation", "prognosis", "classification")
 MODALITIES = ("CT", "PET")
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 VERSION_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z+-]*(\.[0-9A-Za-z+-]+)*")
