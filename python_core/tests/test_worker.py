@@ -101,6 +101,11 @@ class Session:
         self.send({"id": job_id, "op": "run", "params": params})
         return self.events_until_end_of(job_id)
 
+    def start_slow_run(self, job_id: str, **params) -> None:
+        """Start a run of the fake "slow" skill and wait until it reports progress (it is running)."""
+        self.send({"id": job_id, "op": "run", "params": {**params, "skills": ["slow"]}})
+        assert self.event()["event"] == "progress"
+
 
 @pytest.fixture
 def built():
@@ -188,14 +193,7 @@ def test_a_bug_is_an_internal_error_naming_the_exception_without_its_traceback(s
 
 
 def test_cancel_stops_a_long_run_and_the_next_run_is_accepted(session, ct_path, tmp_path):
-    session.send(
-        {
-            "id": "slow",
-            "op": "run",
-            "params": {"ct": str(ct_path), "out": str(tmp_path / "a"), "skills": ["slow"]},
-        }
-    )
-    assert session.event()["event"] == "progress"
+    session.start_slow_run("slow", ct=str(ct_path), out=str(tmp_path / "a"))
 
     session.send({"id": "c", "op": "cancel", "target": "slow"})
     assert session.events_until_end_of("slow")[-1] == {"id": "slow", "event": "cancelled"}
@@ -204,11 +202,10 @@ def test_cancel_stops_a_long_run_and_the_next_run_is_accepted(session, ct_path, 
 
 
 def test_a_second_run_while_one_runs_is_refused_and_the_first_goes_on(session, ct_path, tmp_path):
-    params = {"ct": str(ct_path), "out": str(tmp_path / "a"), "skills": ["slow"]}
-    session.send({"id": "first", "op": "run", "params": params})
-    assert session.event()["event"] == "progress"
+    session.start_slow_run("first", ct=str(ct_path), out=str(tmp_path / "a"))
 
-    session.send({"id": "second", "op": "run", "params": {**params, "out": str(tmp_path / "b")}})
+    params = {"ct": str(ct_path), "out": str(tmp_path / "b"), "skills": ["slow"]}
+    session.send({"id": "second", "op": "run", "params": params})
     events = session.events_until_end_of("second")
     assert (events[-1]["event"], events[-1]["kind"]) == ("error", "user")
     assert "already in progress" in events[-1]["message"]
@@ -219,14 +216,7 @@ def test_a_second_run_while_one_runs_is_refused_and_the_first_goes_on(session, c
 
 
 def test_shutdown_cancels_the_running_job_then_says_bye_and_returns(session, ct_path, tmp_path):
-    session.send(
-        {
-            "id": "slow",
-            "op": "run",
-            "params": {"ct": str(ct_path), "out": str(tmp_path / "a"), "skills": ["slow"]},
-        }
-    )
-    assert session.event()["event"] == "progress"
+    session.start_slow_run("slow", ct=str(ct_path), out=str(tmp_path / "a"))
 
     session.send({"id": "bye", "op": "shutdown"})
     assert session.events_until_end_of("slow")[-1]["event"] == "cancelled"
@@ -236,14 +226,7 @@ def test_shutdown_cancels_the_running_job_then_says_bye_and_returns(session, ct_
 
 
 def test_end_of_input_cancels_the_running_job_and_returns(session, ct_path, tmp_path):
-    session.send(
-        {
-            "id": "slow",
-            "op": "run",
-            "params": {"ct": str(ct_path), "out": str(tmp_path / "a"), "skills": ["slow"]},
-        }
-    )
-    assert session.event()["event"] == "progress"
+    session.start_slow_run("slow", ct=str(ct_path), out=str(tmp_path / "a"))
 
     session.close_input()
     assert session.events_until_end_of("slow")[-1]["event"] == "cancelled"
