@@ -20,7 +20,7 @@ $(VENV)/.core-installed: $(BIN)/python python_core/pyproject.toml $(CONSTRAINTS)
 	@touch $@
 
 $(VENV)/.test-installed: $(VENV)/.core-installed
-	$(PIP) -c $(CONSTRAINTS) -e 'python_core[test,dev,cohort]'
+	$(PIP) -c $(CONSTRAINTS) -e 'python_core[test,dev,cohort,cpu-runtime]'
 	@touch $@
 
 setup: $(VENV)/.core-installed

@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument(
+        "--dense",
+        action="store_true",
+        help="decode every window of the ROI box, also those with only air and no PET uptake",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
@@ -48,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             fold=args.fold,
             device=args.device,
             precision=args.precision,
+            dense=args.dense,
             n_resamples=args.bootstrap,
             progress=progress,
         )

@@ -29,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1)")
     parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward pass")
+    parser.add_argument(
+        "--dense",
+        action="store_true",
+        help="decode every window of the ROI box, also those with only air and no PET uptake",
+    )
     parser.add_argument("--pet-units", default="auto", choices=["auto", "suv", "bqml"], help="PET units")
     parser.add_argument("--pet-suv-scale", type=float, help="multiply the PET by this to get SUV")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -46,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         tasks=args.task,
         overlap=args.overlap,
         sw_batch_size=args.sw_batch_size,
+        dense=args.dense,
         pet_units=args.pet_units,
         pet_scale=args.pet_suv_scale,
         device=args.device,

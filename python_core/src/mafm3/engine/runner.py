@@ -18,6 +18,7 @@ import torch
 
 from mafm3 import __version__
 from mafm3.engine.backbones import BackboneCache, LoadedBackbone, find_backbone
+from mafm3.engine.cpu_runtime import RaceDecoder
 from mafm3.engine.device import autocast_dtype, resolve_device
 from mafm3.engine.inference import SW_BATCH_SIZE, Cancelled, StageClock, classify, prognose, segment
 from mafm3.errors import MAFM3Error
@@ -38,6 +39,8 @@ class RunRequest:
     skills: explicit skill ids (each runs its own task); empty -> one skill per task in `tasks`, chosen from
     the images at hand (the PET/CT skill when a PET is given, else the CT skill).
     overlap: sliding-window overlap in [0, 1); None takes the skill's own.
+    dense: decode every window of the whole ROI box (the baseline); by default only windows holding body or
+    PET uptake are decoded, over the box fitted to them (`inference.sliding_window_labels`).
     """
 
     ct: str
@@ -47,6 +50,7 @@ class RunRequest:
     tasks: list[str] = field(default_factory=lambda: ["segmentation"])
     overlap: float | None = None
     sw_batch_size: int = SW_BATCH_SIZE
+    dense: bool = False
     pet_units: str = "auto"
     pet_scale: float | None = None
     device: str | None = None
@@ -62,6 +66,7 @@ class Engine:
         self.backbones = BackboneCache()
         self._skills: dict[tuple[str, str], LoadedSkill] = {}  # (skill id, device) -> loaded skill
         self._text: dict[tuple[Path, str], object] = {}
+        self._decoders: dict[tuple, RaceDecoder] = {}  # (skill id, version, channels, dtype)
 
     # -- skills -------------------------------------------------------------------------------------------
 
@@ -193,6 +198,8 @@ class Engine:
         if manifest.task == "segmentation":
             window = tuple(manifest.inference["window_voxels"])
             overlap = manifest.inference.get("overlap", 0.25) if request.overlap is None else request.overlap
+            channels = prepared.array.shape[0]
+            decoder = self._cpu_decoder(loaded, channels, dtype) if device.type == "cpu" else None
             labels = segment(
                 model,
                 prepared,
@@ -204,7 +211,12 @@ class Engine:
                 clock=clock,
                 progress=progress,
                 cancel=cancel,
+                skip_empty=not request.dense,
+                fit_box=not request.dense,
+                decoder=decoder,
             )
+            if decoder is not None:
+                result.inputs["decoder"] = decoder.record()
             on_ct = clock.timed("postprocess", labels_to_ct_grid, labels, prepared, study.ct)
             segments = manifest.segments()
             result.segmentation = SegmentationResult(on_ct, segments, manifest.id, manifest.version)
@@ -225,6 +237,14 @@ class Engine:
             probabilities = classify(model, prepared, device=device, dtype=dtype, clock=clock)
             result.classification = ClassificationResult(probabilities, manifest.id, manifest.version)
         progress("inference", 1.0, f"{manifest.id} done")
+
+    def _cpu_decoder(self, loaded: LoadedSkill, channels: int, dtype: torch.dtype | None) -> RaceDecoder:
+        """The skill's decoder on the CPU: PyTorch or OpenVINO, whichever `RaceDecoder` finds faster."""
+        key = (loaded.manifest.id, loaded.manifest.version, channels, dtype)
+        if key not in self._decoders:
+            model = loaded.model
+            self._decoders[key] = RaceDecoder(model.decoder, channels, model.backbone.config.dim, dtype)
+        return self._decoders[key]
 
     def run_and_write(
         self,

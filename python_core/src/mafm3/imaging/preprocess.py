@@ -44,6 +44,9 @@ CHANNELS = ("ct", "pet")
 NORMALISATIONS = ("window", "zscore", "none")
 ROI_METHODS = ("auto", "pet", "ct", "none")
 OUTSIDE_VALUE = {"ct": -1024.0, "pet": 0.0}  # air for CT, no uptake for PET
+# Where there is something to find (`PreparedInput.occupied`): tissue denser than lung and air (the body
+# threshold of `roi.ct_body_centre`), or PET above background soft tissue (tumours and nodes take up more).
+OCCUPIED_ABOVE = {"ct": -500.0, "pet": 1.0}  # HU, SUV
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,8 @@ class PreparedInput:
     array: (C, T, H, W) float32, channels in `channels` order, axes in `axis_order`.
     grid: the model grid (post-orientation, post-resampling, post-ROI) in SimpleITK (x, y, z) terms.
     roi: {"method": "pet" | "ct" | "none", "centre_lps": [mm] or None, "start_index": on the resampled grid}.
+    occupied: (T, H, W) bool, voxels with something to find: CT above -500 HU or PET above 1 SUV
+    (`occupied_voxels`); outside them lie only air, lung and the space around the patient, without uptake.
     """
 
     array: np.ndarray
@@ -152,6 +157,7 @@ class PreparedInput:
     axis_order: str
     channels: tuple[str, ...]
     roi: dict
+    occupied: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -194,15 +200,22 @@ def prepare_input(
     images = {"ct": study.ct, "pet": study.pet}
     windows = {"ct": config.ct_window_hu, "pet": config.pet_window_suv}
     methods = {"ct": config.ct_normalisation, "pet": config.pet_normalisation}
-    arrays = []
+    arrays, raw = [], {}
     for number, channel in enumerate(config.channels):
         progress("preprocess", (number + 0.5) / len(config.channels), f"resampling the {channel.upper()}")
-        array = to_model_array(
+        raw[channel] = to_model_array(
             images[channel], grid, config.axis_order, config.interpolator, OUTSIDE_VALUE[channel]
         )
-        arrays.append(normalise(array, methods[channel], windows[channel]))
+        arrays.append(normalise(raw[channel], methods[channel], windows[channel]))
     progress("preprocess", 1.0, "input ready")
-    return PreparedInput(np.stack(arrays), grid, config.axis_order, tuple(config.channels), roi)
+    occupied = occupied_voxels(raw)
+    return PreparedInput(np.stack(arrays), grid, config.axis_order, tuple(config.channels), roi, occupied)
+
+
+def occupied_voxels(channels: dict[str, np.ndarray]) -> np.ndarray:
+    """(T, H, W) bool: where any channel (CT in HU, PET in SUV, each (T, H, W)) is above `OCCUPIED_ABOVE`."""
+    masks = [array > OCCUPIED_ABOVE[channel] for channel, array in channels.items()]
+    return np.logical_or.reduce(masks)
 
 
 def to_model_array(

@@ -78,23 +78,25 @@ def evaluate(
     fold: int | None = None,
     device: str = "auto",
     precision: str = "auto",
+    dense: bool = False,
     n_resamples: int = 1000,
     seed: int = 0,
     progress: ProgressCallback = silent_progress,
 ) -> dict:
     """Evaluate `skill` (pack folder or zip, installed id, or baseline folder) on `dataset`; write the JSON
-    summary to `out` and the per-case CSV beside it. Returns the summary."""
+    summary to `out` and the per-case CSV beside it. Returns the summary. dense: every window of the whole
+    ROI box decoded (`RunRequest.dense`) instead of only those holding body or uptake."""
     from mafm3.skills.packs import opened_pack, verify_pack
     from mafm3.training.baseline import is_baseline
 
     cohort = load_cohort(dataset)
     with opened_pack(resolve_pack(skill)) as folder:
         if is_baseline(folder):
-            manifest, predict = _baseline_predictor(folder, device, precision)
+            manifest, predict = _baseline_predictor(folder, device, precision, dense)
         else:
             pack = verify_pack(folder)
             manifest = pack.to_dict()
-            predict = _engine_predictor(AvailableSkill(pack, Path(folder)), device, precision)
+            predict = _engine_predictor(AvailableSkill(pack, Path(folder)), device, precision, dense)
         task = manifest["task"]
         if task not in TASKS:
             raise MAFM3Error(
@@ -137,13 +139,14 @@ def evaluate(
         **scope,
         "device": resolve_device(device).type,
         "precision": precision,
+        "dense": dense,
         "metrics": metrics,
     }
     write_metrics(out, summary, rows)
     return summary
 
 
-def _engine_predictor(skill: AvailableSkill, device: str, precision: str) -> Callable:
+def _engine_predictor(skill: AvailableSkill, device: str, precision: str, dense: bool) -> Callable:
     engine = _PackEngine(skill, device)
     manifest = skill.manifest
 
@@ -156,6 +159,7 @@ def _engine_predictor(skill: AvailableSkill, device: str, precision: str) -> Cal
             tasks=[manifest.task],
             device=device,
             precision=precision,
+            dense=dense,
         )
         result, _ = engine.run(request, study=study)
         return result.segmentation.labels if manifest.task == "segmentation" else result.prognosis
@@ -163,7 +167,7 @@ def _engine_predictor(skill: AvailableSkill, device: str, precision: str) -> Cal
     return predict
 
 
-def _baseline_predictor(folder: Path, device: str, precision: str) -> tuple[dict, Callable]:
+def _baseline_predictor(folder: Path, device: str, precision: str, dense: bool) -> tuple[dict, Callable]:
     from mafm3.engine.device import autocast_dtype
     from mafm3.engine.inference import SW_BATCH_SIZE, sliding_window_labels
     from mafm3.imaging.preprocess import PreprocessingConfig, labels_to_ct_grid, prepare_input
@@ -185,6 +189,7 @@ def _baseline_predictor(folder: Path, device: str, precision: str) -> tuple[dict
             sw_batch_size=SW_BATCH_SIZE,
             device=torch_device,
             dtype=dtype,
+            occupied=None if dense else prepared.occupied,
         )
         return labels_to_ct_grid(labels, prepared, study.ct)
 
