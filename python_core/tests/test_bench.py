@@ -24,6 +24,7 @@ import mafm3.bench.fixtures
 from mafm3.bench import sections
 from mafm3.bench.measure import GB, best_of, measured, run_child
 from mafm3.cli import main
+from mafm3.engine.cpu_runtime import LOGIT_TOLERANCE
 from mafm3.imaging.preprocess import PreprocessingConfig, model_grid, to_model_array
 from mafm3.imaging.study import study_from_images
 from mafm3.skills.presets import PRESETS
@@ -31,7 +32,7 @@ from mafm3.skills.presets import PRESETS
 SECTIONS = (
     "machine", "settings", "skills", "study", "end_to_end", "a_segmentation_vs_unetr", "b_ctvit_vs_reference",
     "c_skill_switch", "d_combined_vs_separate", "e_scaling", "hot_path", "process_peak_rss_gb", "ratios",
-    "targets",
+    "targets", "paper_whole_study",
 )  # fmt: skip
 STAGES = {"read", "load", "preprocess", "backbone", "head", "postprocess", "write"}
 
@@ -91,7 +92,22 @@ def test_the_benchmark_reports_every_section_and_ratio(small_benchmark, tmp_path
     hot = report["hot_path"]
     assert set(hot["lora_merged_vs_unmerged"]) >= {"merged", "unmerged", "ratio"}
     assert hot["resampling"]["skill"]["ct_max_abs_difference_hu"] < 0.05
-    assert set(report["ratios"]) == {"a_shipped", "a_paper", "b", "c", "d"}
+    whole = report["paper_whole_study"]
+    # The 360 mm box at 6 mm is 60 voxels a side; 32-voxel windows at stride int(32 * 0.75) = 24 start at
+    # 0, 24 and 28: 3 per axis.
+    assert whole["input_chw"] == [2, 60, 60, 60] and whole["windows_total"] == 27
+    assert 0 < whole["windows_decoded"] <= whole["windows_total"]
+    assert (
+        whole["baseline_s"] > 0 and whole["fast_s"] > 0 and "of 27 windows timed" in whole["baseline_scope"]
+    )
+    assert whole["ratio"] == pytest.approx(whole["baseline_s"] / whole["fast_s"], rel=1e-2)
+    levers = whole["levers"]
+    assert levers["skip_empty_windows"]["windows"][0] == 27
+    fp32 = report["settings"]["autocast"] == "fp32"  # the policy's choice: bf16 on a CPU with native bf16
+    assert levers["bf16"]["used"] is not fp32
+    if fp32:
+        assert whole["max_abs_logit_difference"] < LOGIT_TOLERANCE  # PyTorch or OpenVINO, fp32 both
+    assert set(report["ratios"]) == {"a_shipped", "a_paper", "b", "c", "d", "paper_whole_study"}
     assert all(math.isfinite(value) and value > 0 for value in report["ratios"].values())
     assert all(isinstance(row["met"], bool) for row in report["targets"])
     table = capsys.readouterr().out

@@ -1,5 +1,6 @@
-"""The CPU runtime policy (`engine.cpu_runtime`): OpenVINO agrees with PyTorch within the stated tolerance, the
-race keeps the faster of the two, and without OpenVINO (or with MAFM3_CPU_RUNTIME=torch) PyTorch runs alone.
+"""The CPU runtime policy (`engine.cpu_runtime`): OpenVINO agrees with PyTorch within the stated tolerance,
+the race keeps the faster of the two, and without OpenVINO (or with MAFM3_CPU_RUNTIME=torch) PyTorch runs
+alone.
 
 Oracle: the PyTorch decoder itself on the same windows, fp32; tolerance `LOGIT_TOLERANCE` (max abs logit).
 `make test` installs the `cpu-runtime` extra, so the OpenVINO tests run there; elsewhere they skip.

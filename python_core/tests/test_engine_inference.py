@@ -1,9 +1,10 @@
-"""Sliding windows that skip what holds nothing (`engine.inference`): the blend equals MONAI's where every window
-is decoded, the windows left out are exactly those without an occupied voxel, and a lesion in a corner is kept.
+"""Sliding windows that skip what holds nothing (`engine.inference`): the blend equals MONAI's where every
+window is decoded, the windows left out are exactly those without an occupied voxel, and a lesion in a
+corner is kept.
 
-Oracles: MONAI's `sliding_window_inference` (a second implementation of the same blend), the predictor x + 1 on
-an arange volume (output = input + 1 wherever a window reached), and the occupied windows enumerated by brute
-force in numpy. All in float32; equalities to MONAI within 1e-5.
+Oracles: MONAI's `sliding_window_inference` (a second implementation of the same blend), the predictor x + 1
+on an arange volume (output = input + 1 wherever a window reached), and the occupied windows enumerated by
+brute force in numpy. All in float32; equalities to MONAI within 1e-5.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ WINDOW = (8, 8, 8)
 
 
 def smooth_network(seed: int = 0) -> torch.nn.Module:
-    """A small random 3-D conv net (2 channels in, 3 classes out): its output depends on the neighbourhood, so a
-    misplaced or missing window changes the blend."""
+    """A small random 3-D conv net (2 channels in, 3 classes out): its output depends on the neighbourhood,
+    so a misplaced or missing window changes the blend."""
     torch.manual_seed(seed)
     return torch.nn.Sequential(
         torch.nn.Conv3d(2, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv3d(4, 3, 3, padding=1)

@@ -193,23 +193,36 @@ def prepare_input(
 
     Raises `MAFM3Error` when the skill needs a PET and the study has none.
     """
+    grid, roi, channels = model_channels(study, config, skill_name=skill_name, progress=progress)
+    methods = {"ct": config.ct_normalisation, "pet": config.pet_normalisation}
+    windows = {"ct": config.ct_window_hu, "pet": config.pet_window_suv}
+    arrays = [normalise(array, methods[name], windows[name]) for name, array in channels.items()]
+    progress("preprocess", 1.0, "input ready")
+    occupied = occupied_voxels(channels)
+    return PreparedInput(np.stack(arrays), grid, config.axis_order, tuple(config.channels), roi, occupied)
+
+
+def model_channels(
+    study: Study,
+    config: PreprocessingConfig,
+    *,
+    skill_name: str = "the skill",
+    progress: ProgressCallback = silent_progress,
+) -> tuple[Grid, dict, dict[str, np.ndarray]]:
+    """Steps 1-4: the model grid, how its ROI was found, and each channel on it before normalisation,
+    {"ct": (T, H, W) float32 HU, "pet": (T, H, W) float32 SUV} in `config.channels` order."""
     if "pet" in config.channels:
         require_pet(study, skill_name)
     progress("preprocess", 0.0, "placing the region of interest")
     grid, roi = model_grid(study, config, skill_name)
     images = {"ct": study.ct, "pet": study.pet}
-    windows = {"ct": config.ct_window_hu, "pet": config.pet_window_suv}
-    methods = {"ct": config.ct_normalisation, "pet": config.pet_normalisation}
-    arrays, raw = [], {}
+    channels = {}
     for number, channel in enumerate(config.channels):
         progress("preprocess", (number + 0.5) / len(config.channels), f"resampling the {channel.upper()}")
-        raw[channel] = to_model_array(
+        channels[channel] = to_model_array(
             images[channel], grid, config.axis_order, config.interpolator, OUTSIDE_VALUE[channel]
         )
-        arrays.append(normalise(raw[channel], methods[channel], windows[channel]))
-    progress("preprocess", 1.0, "input ready")
-    occupied = occupied_voxels(raw)
-    return PreparedInput(np.stack(arrays), grid, config.axis_order, tuple(config.channels), roi, occupied)
+    return grid, roi, channels
 
 
 def occupied_voxels(channels: dict[str, np.ndarray]) -> np.ndarray:
@@ -246,16 +259,31 @@ def labels_to_ct_grid(labels: np.ndarray, prepared: PreparedInput, original_ct: 
     return resample_onto(on_box, original_ct, "nearest", 0)
 
 
-def normalise(array: np.ndarray, method: str, window: tuple[float, float]) -> np.ndarray:
-    """One channel's intensities: "window" -> [-1, 1] clipped, "zscore", or "none" (float32, any shape)."""
-    array = array.astype(np.float32, copy=False)
+def normalisation(array: np.ndarray, method: str, window: tuple[float, float]) -> tuple[float, float, bool]:
+    """The linear map `normalise` applies to `array`: (offset, scale, clip), normalised = (array - offset) ·
+    scale, clipped to [-1, 1] when clip. "window" maps the window onto [-1, 1]; "zscore" uses the array's mean
+    and standard deviation; "none" is the identity."""
     if method == "window":
         low, high = window
-        return np.clip((array - low) * (2.0 / (high - low)) - 1.0, -1.0, 1.0, dtype=np.float32)
+        return (low + high) / 2, 2.0 / (high - low), True
     if method == "zscore":
-        spread = array.std()
-        return ((array - array.mean()) / (spread if spread > 0 else 1.0)).astype(np.float32)
-    return array
+        spread = float(array.std())
+        return float(array.mean()), 1.0 / (spread if spread > 0 else 1.0), False
+    return 0.0, 1.0, False
+
+
+def normalise(
+    array: np.ndarray,
+    method: str,
+    window: tuple[float, float],
+    mapping: tuple[float, float, bool] | None = None,
+) -> np.ndarray:
+    """One channel's intensities: "window" -> [-1, 1] clipped, "zscore", or "none" (float32, any shape).
+    mapping: the (offset, scale, clip) of `normalisation` to apply instead of computing it from `array`."""
+    array = array.astype(np.float32, copy=False)
+    offset, scale, clip = mapping or normalisation(array, method, window)
+    result = (array - np.float32(offset)) * np.float32(scale)
+    return np.clip(result, -1.0, 1.0, dtype=np.float32) if clip else result.astype(np.float32, copy=False)
 
 
 def _to_model_axes(axis_order: str) -> tuple[int, int, int]:

@@ -19,16 +19,23 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mafm3.engine.inference import SW_BATCH_SIZE, autocast, sliding_window_labels
+from mafm3.engine.inference import SW_BATCH_SIZE, autocast, body_box, sliding_window_labels
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.io import read_image
-from mafm3.imaging.preprocess import PreprocessingConfig, prepare_input, to_model_array
+from mafm3.imaging.preprocess import (
+    PreprocessingConfig,
+    model_channels,
+    normalisation,
+    normalise,
+    occupied_voxels,
+    to_model_array,
+)
 from mafm3.training.datasets import LABEL_VALUES, Case
 from mafm3.training.metrics import segmentation_case_metrics, segmentation_summary
 from mafm3.training.model_space import CachedCases, case_study
 from mafm3.training.trainer import Network, NetworkTask, Ranks, Validation, batch_indices, step_seed
 
-CACHE_KIND = "segmentation-v2"
+CACHE_KIND = "segmentation-v3"  # v3: the body box only, CT int16 HU, PET float16 SUV
 BACKGROUND_CENTRES = 20_000  # background voxels kept as candidate crop centres (a seeded uniform sample)
 FLIP_PROBABILITY = 0.1
 ROTATE_PROBABILITY = 0.1
@@ -48,37 +55,69 @@ def cache_key(config: PreprocessingConfig, window: Sequence[int]) -> dict:
 
 
 def model_space_case(case: Case, config: PreprocessingConfig, window: Sequence[int]) -> dict[str, np.ndarray]:
-    """One labelled case in model space, for `CaseCache`.
+    """One labelled case in model space, for `CaseCache`, compactly: only the box fitted to the body, the
+    lesions and the PET uptake (`inference.body_box`, at least a window), CT as int16 HU (rounded: at most
+    0.5 HU off), PET as float16 SUV (relative error at most 2^-11), and what normalises them.
 
-    image (C, T, H, W) float32 as `prepare_input` gives it; label (1, T, H, W) uint8 sampled nearest on the
-    same grid; fg / bg: flat indices of tumour voxels and of a seeded sample of background voxels on the
-    label padded to at least the window as the training crops pad it (MONAI's `fg_indices` convention);
-    class_1 / class_2: the flat indices of GTVp and of GTVn voxels alone, for class-balanced crops.
+    ct_hu (T, H, W) int16 and pet_suv (T, H, W) float16 on the box; normalisation (C, 3) float64: each
+    channel's (offset, scale, clip) from the whole ROI box, as `prepare_input` normalises it; box_start (3,):
+    where the box starts on the model grid; occupied_bits: `PreparedInput.occupied` on the box, bit-packed
+    (from the values before rounding); label (1, T, H, W) uint8 sampled nearest on the same box; fg / bg:
+    flat indices of tumour voxels and of a seeded sample of background voxels on the label padded to at least
+    the window as the training crops pad it (MONAI's `fg_indices` convention); class_1 / class_2: the flat
+    indices of GTVp and of GTVn voxels alone, for class-balanced crops. `model_space_input` rebuilds the
+    normalised image.
     """
     from monai.transforms import SpatialPad
 
-    prepared = prepare_input(case_study(case), config, skill_name=f"case {case.case_id}")
-    label = to_model_array(read_image(case.label)[0], prepared.grid, config.axis_order, "nearest")
+    grid, _, channels = model_channels(case_study(case), config, skill_name=f"case {case.case_id}")
+    label = to_model_array(read_image(case.label)[0], grid, config.axis_order, "nearest")
     values = set(np.unique(label).tolist())
     if not values <= LABEL_VALUES:
         raise MAFM3Error(
             f"The label of case {case.case_id} holds values {sorted(values)}: only 0, 1 (GTVp) and 2 (GTVn) "
             "are allowed; fix the label map."
         )
-    label = label.astype(np.uint8)[None]
+    methods = {"ct": config.ct_normalisation, "pet": config.pet_normalisation}
+    windows = {"ct": config.ct_window_hu, "pet": config.pet_window_suv}
+    mapping = [normalisation(array, methods[name], windows[name]) for name, array in channels.items()]
+    occupied = occupied_voxels(channels)
+    box = body_box(occupied | (label > 0), tuple(window))
+    label = label[box].astype(np.uint8)[None]
     padded = np.asarray(SpatialPad(list(window))(label))[0]
     background = np.flatnonzero(padded == 0)
     if background.size > BACKGROUND_CENTRES:
         generator = np.random.default_rng(0)
         background = np.sort(generator.choice(background, BACKGROUND_CENTRES, replace=False))
-    return {
-        "image": prepared.array,
+    arrays = {
+        "ct_hu": np.clip(np.rint(channels["ct"][box]), -32768, 32767).astype(np.int16),
+        "normalisation": np.asarray(mapping, dtype=np.float64),
+        "box_start": np.asarray([axis.start for axis in box], dtype=np.int64),
+        "occupied_bits": np.packbits(occupied[box]),
         "label": label,
         "fg": np.flatnonzero(padded > 0),
         "bg": background,
         "class_1": np.flatnonzero(padded == 1),
         "class_2": np.flatnonzero(padded == 2),
     }
+    if "pet" in channels:
+        arrays["pet_suv"] = channels["pet"][box].astype(np.float16)
+    return arrays
+
+
+def model_space_input(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The normalised image (C, T, H, W) float32 of a cached case's box (CT, then PET when cached) and its
+    occupied voxels (T, H, W) bool, as `prepare_input` gives them (the image within the cache's rounding)."""
+    channels = {"ct": arrays["ct_hu"].astype(np.float32)}
+    if "pet_suv" in arrays:
+        channels["pet"] = arrays["pet_suv"].astype(np.float32)
+    image = [
+        normalise(array, "none", (0.0, 1.0), (offset, scale, bool(clip)))
+        for array, (offset, scale, clip) in zip(channels.values(), arrays["normalisation"], strict=True)
+    ]
+    shape = arrays["ct_hu"].shape
+    occupied = np.unpackbits(arrays["occupied_bits"], count=int(np.prod(shape))).astype(bool).reshape(shape)
+    return np.stack(image), occupied
 
 
 def crop_transform(
@@ -181,7 +220,8 @@ class SegmentationTask(NetworkTask):
             # crops one process with batch N·b would (`batch_indices` interleaves the ranks the same way).
             seed = step_seed(self.seed, step, self.ranks.rank + self.ranks.world_size * offset, CROP_STREAM)
             arrays = self.train.arrays(index)
-            arrays = {**arrays, "class_indices": [arrays[key] for key in CLASS_INDEX_KEYS]}
+            image, _ = model_space_input(arrays)
+            arrays = {**arrays, "image": image, "class_indices": [arrays[key] for key in CLASS_INDEX_KEYS]}
             crops = crop_transform(self.window, self.crops_per_case, seed, self.class_ratios)(arrays)
             for crop in crops:
                 images.append(convert_to_numpy(crop["image"], dtype=np.float32))
@@ -218,14 +258,16 @@ class SegmentationTask(NetworkTask):
         table = torch.zeros(len(self.val), len(keys), dtype=torch.float64)
         for index, _ in self.ranks.shard(self.val.cases):
             arrays = self.val.arrays(index)
-            labels = sliding_window_labels(
+            image, occupied = model_space_input(arrays)
+            labels = sliding_window_labels(  # the fast path of `mafm3 run`, on the cached body box
                 self.network.module,
-                arrays["image"],
+                image,
                 self.window,
                 overlap=self.overlap,
                 sw_batch_size=SW_BATCH_SIZE,
                 device=self.ranks.device,
                 dtype=self.dtype,
+                occupied=occupied,
             )
             row = segmentation_case_metrics(labels, arrays["label"][0], self.spacing)
             table[index] = torch.tensor([float(row[key]) for key in keys], dtype=torch.float64)
