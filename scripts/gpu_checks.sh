@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# GPU checks of mafm3: the CUDA tests (`pytest -m gpu`) and `mafm3 bench --device cuda`, all output in $OUT.
+# GPU checks of mafm3: the CUDA tests (`pytest -m gpu`), the paper-size PET/CT skill over a whole study
+# (`mafm3 bench --device cuda --only paper-whole-study`, target <= 1 s on an H200) and the whole
+# `mafm3 bench --device cuda`, all output in $OUT.
 #
 #   scripts/gpu_checks.sh wheels   on a machine with the package index, from the repository root: download
 #                                  into .whl/ the pinned wheels (python_core/constraints.txt) that a bare CUDA
@@ -11,8 +13,9 @@
 # .whl/ installed into /tmp/mafm3-site and python_core/src on PYTHONPATH (nothing is fetched there).
 #
 # Written to $OUT (default ./gpu-checks-out): environment.txt (GPU, driver, versions), gpu-tests.log,
-# bench-cuda.txt (the table) and bench-cuda.json (every figure). The exit status is that of the first step
-# that failed. TESTS_TIMEOUT and BENCH_TIMEOUT (seconds) bound the two steps; BENCH_ARGS adds arguments.
+# paper-whole-study.txt / .json (dense fp32 against the fast path over all 147 windows), bench-cuda.txt (the
+# table) and bench-cuda.json (every figure). The exit status is that of the first step that failed.
+# TESTS_TIMEOUT, WHOLE_STUDY_TIMEOUT and BENCH_TIMEOUT (seconds) bound the steps; BENCH_ARGS adds arguments.
 set -uo pipefail
 
 WHEELS=(monai SimpleITK pydicom highdicom slicerio pynrrd)  # imported by mafm3 and its tests, not on the image
@@ -71,6 +74,12 @@ mapfile -t gpu_tests < <(grep -l "mark.gpu" python_core/tests/test_*.py)  # the 
 timeout "${TESTS_TIMEOUT:-150}" "$PY" -m pytest -c python_core/pyproject.toml --rootdir . "${gpu_tests[@]}" \
     -m gpu -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log"
 status=${PIPESTATUS[0]}
+
+timeout "${WHOLE_STUDY_TIMEOUT:-300}" "$PY" -m mafm3 bench --device cuda --only paper-whole-study \
+    --json "$OUT/paper-whole-study.json" 2> "$OUT/paper-whole-study.log" | tee "$OUT/paper-whole-study.txt"
+whole=${PIPESTATUS[0]}
+[[ $whole -ne 0 ]] && tail -n 40 "$OUT/paper-whole-study.log"
+[[ $status -eq 0 ]] && status=$whole
 
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
 timeout "${BENCH_TIMEOUT:-400}" "$PY" -m mafm3 bench --device cuda --json "$OUT/bench-cuda.json" ${BENCH_ARGS:-} \

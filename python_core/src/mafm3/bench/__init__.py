@@ -31,6 +31,7 @@ from mafm3.progress import ProgressCallback, silent_progress
 
 BENCH_SEED = 7
 SIZE_ORDER = ("tiny", "small", "realistic")
+ONLY = ("paper-whole-study",)  # sections that can run alone (`mafm3 bench --only`)
 
 
 def run_benchmark(
@@ -39,10 +40,11 @@ def run_benchmark(
     repeats: int | None = None,
     precision: str = "auto",
     seed: int = BENCH_SEED,
+    only: str | None = None,
     progress: ProgressCallback = silent_progress,
 ) -> dict:
-    """Run every section; returns the JSON-ready report. repeats: timed runs per figure, the fastest kept
-    (default 1 on a CPU, 3 on a GPU)."""
+    """Run every section (or only the one named by `only`, from `ONLY`); returns the JSON-ready report.
+    repeats: timed runs per figure, the fastest kept (default 1 on a CPU, 3 on a GPU)."""
     import torch
 
     from mafm3.bench import sections
@@ -57,6 +59,8 @@ def run_benchmark(
 
     if size not in SIZE_ORDER:
         raise MAFM3Error(f"Unknown study size {size!r}; use one of {', '.join(SIZE_ORDER)}.")
+    if only is not None and only not in ONLY:
+        raise MAFM3Error(f"Unknown section {only!r} for --only; use one of {', '.join(ONLY)}.")
     if repeats is not None and repeats < 1:
         raise MAFM3Error(f"The number of repeats must be at least 1, got {repeats}.")
     device = resolve_device(device)
@@ -73,6 +77,11 @@ def run_benchmark(
     report: dict = {"machine": machine_record(device), "settings": settings}
     with tempfile.TemporaryDirectory(prefix="mafm3-bench-") as folder, mafm3_home(Path(folder) / "home"):
         scratch = Path(folder)
+        if only == "paper-whole-study":
+            progress("study", 0.0, f"generating and writing the {size} study")
+            files = write_demo_study(seed, size, scratch / size)
+            report["study"] = files.record
+            return _paper_whole_study_only(report, files, device, dtype, repeats, progress)
         progress("skills", 0.0, "looking for the shipped demo skills")
         skills = bundled_skills() or build_demo_skills()
         report["skills"] = skills.record()
@@ -146,5 +155,23 @@ def run_benchmark(
         "d": report["d_combined_vs_separate"]["ratio"],
         "paper_whole_study": report["paper_whole_study"]["ratio"],
     }
+    report["targets"] = targets(report, device.type)
+    return report
+
+
+def _paper_whole_study_only(report: dict, files, device, dtype, repeats: int, progress) -> dict:
+    """`--only paper-whole-study`: the paper skill over the whole study, nothing else."""
+    from mafm3.bench.measure import process_peak_rss_gb
+    from mafm3.bench.report import targets
+    from mafm3.bench.sections import paper_segmentation_skill
+    from mafm3.bench.whole_study import paper_whole_study
+    from mafm3.imaging.study import load_study
+
+    study = load_study(str(files.ct), str(files.pet), pet_units="suv")
+    progress("compare", 0.0, "the paper skill over a whole study: dense fp32 against the fast path")
+    skill = paper_segmentation_skill(device, dtype)
+    report["paper_whole_study"] = paper_whole_study(skill, study, device, dtype, repeats)
+    report["process_peak_rss_gb"] = process_peak_rss_gb()
+    report["ratios"] = {"paper_whole_study": report["paper_whole_study"]["ratio"]}
     report["targets"] = targets(report, device.type)
     return report

@@ -128,6 +128,23 @@ def skill_switch(skills: BenchSkills, device: torch.device) -> dict:
     }
 
 
+def segment_quietly(skill, prepared, window, overlap, device, dtype, **options) -> np.ndarray:
+    """`inference.segment` as the engine runs it, without progress or cancellation; `options` go to it."""
+    return segment(
+        skill,
+        prepared,
+        window,
+        overlap=overlap,
+        sw_batch_size=SW_BATCH_SIZE,
+        device=device,
+        dtype=dtype,
+        clock=StageClock(device),
+        progress=lambda *_: None,
+        cancel=None,
+        **options,
+    )
+
+
 def _parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -147,18 +164,7 @@ def compare_with_unetr(
     unetr = build_unetr(unetr_arguments(channels, window, "paper")).to(device).eval()
 
     def ours() -> np.ndarray:
-        return segment(
-            skill,
-            prepared,
-            window,
-            overlap=overlap,
-            sw_batch_size=SW_BATCH_SIZE,
-            device=device,
-            dtype=dtype,
-            clock=StageClock(device),
-            progress=lambda *_: None,
-            cancel=None,
-        )
+        return segment_quietly(skill, prepared, window, overlap, device, dtype)
 
     def baseline() -> np.ndarray:
         return sliding_window_labels(

@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats", type=int, help="timed runs per figure, fastest kept (default 1 CPU, 3 GPU)"
     )
+    parser.add_argument(
+        "--only",
+        choices=["paper-whole-study"],
+        help="run one section alone: the paper-size PET/CT skill over the whole study (dense vs fast path)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the full report as JSON")
 
 
@@ -36,7 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from mafm3.bench.report import format_report
 
     report = run_benchmark(
-        device=args.device, size=args.size, repeats=args.repeats, precision=args.precision, progress=_progress
+        device=args.device,
+        size=args.size,
+        repeats=args.repeats,
+        precision=args.precision,
+        only=args.only,
+        progress=_progress,
     )
     print(format_report(report))
     if args.json is not None:
