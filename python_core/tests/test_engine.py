@@ -220,3 +220,21 @@ def test_a_device_that_is_not_there_is_refused(installed_skills, study_files):
     _, ct_path, _ = study_files
     with pytest.raises(MAFM3Error, match="mafm3 doctor"):
         Engine("cuda").run(RunRequest(ct=str(ct_path), skills=["tiny-seg-ct"]))
+
+
+def test_the_engine_skips_empty_windows_over_a_fitted_box_unless_asked_for_dense(
+    installed_skills, study_files, monkeypatch
+):
+    ct, ct_path, _ = study_files
+    seen = []
+
+    def recording(skill, prepared, window, **kwargs):
+        seen.append((kwargs["skip_empty"], kwargs["fit_box"], prepared.occupied.sum()))
+        return np.zeros(prepared.shape, np.uint8)
+
+    monkeypatch.setattr(engine_runner, "segment", recording)
+    for dense in (False, True):
+        engine().run(RunRequest(ct=str(ct_path), skills=["tiny-seg-ct"], dense=dense))
+    body_voxels = (sitk.GetArrayFromImage(ct) > -500).sum()
+    assert [flags[:2] for flags in seen] == [(True, True), (False, False)]
+    assert seen[0][2] > body_voxels  # the body, resampled onto the finer model grid, is what is occupied
