@@ -68,7 +68,9 @@ def test_the_race_decodes_one_batch_each_then_keeps_the_faster(decoder, tmp_path
     assert race.record()["runtime"] == race.chosen
 
 
-def test_an_uncached_runtime_is_not_converted_for_a_short_study(decoder, tmp_path, monkeypatch):
+def test_an_uncached_runtime_is_converted_for_a_long_study_but_not_a_short_one(
+    decoder, tmp_path, monkeypatch
+):
     monkeypatch.setenv("MAFM3_HOME", str(tmp_path))
     monkeypatch.setattr(cpu_runtime, "openvino_installed", lambda: True)
     monkeypatch.setattr(cpu_runtime, "ir_path", lambda *args: tmp_path / "absent.xml")
@@ -83,6 +85,20 @@ def test_an_uncached_runtime_is_not_converted_for_a_short_study(decoder, tmp_pat
     with torch.inference_mode():
         race(image, hidden), race(image, hidden)
     assert race.chosen == "torch" and list(race.seconds_per_window) == ["torch"]
+
+    class Instant:  # a runtime that is never slower than PyTorch
+        def __init__(self, *args) -> None:
+            pass
+
+        def __call__(self, image, hidden):
+            return torch.zeros(image.shape[0], 3, *image.shape[2:])
+
+    monkeypatch.setattr(cpu_runtime, "OpenVinoDecoder", Instant)
+    monkeypatch.setattr(cpu_runtime, "CONVERT_WHEN_REMAINING_S", 0.0)  # the next study is long enough
+    race.plan(4)
+    with torch.inference_mode():
+        race(image, hidden), race(image, hidden)
+    assert race.chosen == "openvino" and set(race.seconds_per_window) == {"torch", "openvino"}
 
 
 def test_without_openvino_pytorch_decodes_alone(decoder, monkeypatch):

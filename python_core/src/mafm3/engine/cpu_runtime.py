@@ -145,8 +145,12 @@ class RaceDecoder:
             )
 
     def plan(self, windows: int) -> None:
-        """Called before each study: `windows` is how many windows it will decode."""
+        """Called before each study: `windows` is how many windows it will decode. A study after one too short
+        to try OpenVINO on races again."""
         self.windows_left = windows
+        if self.chosen == "torch" and self.choice != "torch" and "openvino" not in self.seconds_per_window:
+            self.chosen = None if openvino_installed() else "torch"
+            self.seconds_per_window.clear()
 
     def __call__(self, image: torch.Tensor, hidden: Sequence[torch.Tensor]) -> torch.Tensor:
         runner = self._next_runner()
