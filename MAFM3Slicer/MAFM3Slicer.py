@@ -63,7 +63,7 @@ from MAFM3SlicerLib.training_case import default_case_id
 DEVICE_CHOICES = ("auto", "cuda", "cpu")  # auto = CUDA when the worker's torch can use it, else CPU
 MODULE_DIR = Path(__file__).resolve().parent
 POLL_INTERVAL_MS = 200  # how often the panel reads the worker's events (and the install's) while they run
-DOCUMENTATION_URL = "https://github.com/MAFM3Slicer/SlicerMAFM3#readme"
+DOCUMENTATION_URL = "https://github.com/MAFM3Slicer/SlicerMAFM3#readme"  # EXTENSION_HOMEPAGE
 MINIMUM_SLICER = "5.10"  # the first Slicer with Python 3.12 (the module needs 3.11+: tomllib, 3.10+ syntax)
 
 
