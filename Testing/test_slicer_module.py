@@ -202,18 +202,19 @@ def test_the_self_test_skips_with_the_reason_when_the_core_or_torch_is_missing(
         test.test_demo_skills_run_through_the_worker_into_nodes()
 
 
-def test_the_self_test_fails_on_a_crashed_run_and_still_stops_the_worker_and_clears_up(
+def test_the_self_test_fails_on_a_run_that_overruns_and_still_stops_the_worker_and_clears_up(
     mafm3_slicer, mrml_scene, skills_home, monkeypatch, tmp_path
 ):
     import mafm3.config
-    from MAFM3SlicerLib.self_test import check_demo_skills_through_the_worker
+    from MAFM3SlicerLib import self_test
 
     monkeypatch.setattr(mafm3.config, "bundled_skills_dir", lambda: tmp_path / "no shipped skills")
-    write_pack(skills_home / "skills", "fake-seg-crash", "segmentation", ("CT", "PET"), demo=True)
+    monkeypatch.setattr(self_test, "JOB_TIMEOUT_S", 1.0)
+    write_pack(skills_home / "skills", "fake-seg-slow", "segmentation", ("CT", "PET"), demo=True)  # runs 20 s
     logic = mafm3_slicer.MAFM3SlicerLogic()
     test = mafm3_slicer.MAFM3SlicerTest()
 
-    with pytest.raises(AssertionError, match="crashed"):
-        check_demo_skills_through_the_worker(test, logic)
+    with pytest.raises(TimeoutError, match="did not end within 1 s"):
+        self_test.check_demo_skills_through_the_worker(test, logic)
 
     assert not logic.workerStarted and not logic.jobRunning and logic.resultsFolder is None
