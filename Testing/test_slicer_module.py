@@ -218,3 +218,23 @@ def test_the_self_test_fails_on_a_run_that_overruns_and_still_stops_the_worker_a
         self_test.check_demo_skills_through_the_worker(test, logic)
 
     assert not logic.workerStarted and not logic.jobRunning and logic.resultsFolder is None
+
+
+def test_an_install_that_cannot_go_on_in_this_session_is_refused_before_anything_starts(
+    mafm3_slicer, tmp_path
+):
+    from MAFM3SlicerLib.dependencies import dependency_status, installed_distributions
+    from MAFM3SlicerLib.errors import PanelError
+
+    logic = mafm3_slicer.MAFM3SlicerLogic()
+    logic.temporaryDir = str(tmp_path)
+    torch_loaded_too_old = dependency_status(
+        mafm3_slicer.MODULE_DIR,
+        installed={**installed_distributions(), "torch": "2.0.0"},
+        loaded_modules={"torch": object()},
+    )
+
+    with pytest.raises(PanelError, match="restart Slicer, then press Apply again"):
+        logic.startInstall(torch_loaded_too_old)
+
+    assert logic.install is None and not logic.installing and list(tmp_path.iterdir()) == []
