@@ -477,3 +477,45 @@ def import_problems(module_dir: Path, module_name: str) -> list[str]:
                         f"{relative}:{line} imports {module} at module level; import it in the Widget."
                     )
     return problems
+
+
+# --- dialogs and the wait cursor ----------------------------------------------------------------------------
+
+_DIALOGS = ("confirmOkCancelDisplay", "confirmYesNoDisplay", "confirmRetryCloseDisplay", "getOpenFileName")
+
+
+def _calls_in(node: ast.AST) -> set[str]:
+    """Names of the functions and methods called anywhere under `node`."""
+    return {
+        call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+        for call in ast.walk(node)
+        if isinstance(call, ast.Call)
+    }
+
+
+def wait_cursor_dialog_problems(module_file: Path) -> list[str]:
+    """No confirmation dialog opens under a wait cursor: inside `with ...(waitCursor=True):` the user would
+    be asked a question while Slicer shows it is busy. Methods the block calls are followed, one class deep.
+    """
+    tree = ast.parse(module_file.read_text(), filename=str(module_file))
+    problems = []
+    for cls in (node for node in tree.body if isinstance(node, ast.ClassDef)):
+        methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
+        for method in methods.values():
+            for block in (node for node in ast.walk(method) if isinstance(node, ast.With)):
+                waits = any(
+                    keyword.arg == "waitCursor" and getattr(keyword.value, "value", False) is True
+                    for item in block.items
+                    if isinstance(item.context_expr, ast.Call)
+                    for keyword in item.context_expr.keywords
+                )
+                if not waits:
+                    continue
+                called = set().union(*(_calls_in(statement) for statement in block.body))
+                called |= set().union(*(_calls_in(methods[name]) for name in called & set(methods)), set())
+                for dialog in sorted(called & set(_DIALOGS)):
+                    problems.append(
+                        f"{cls.name}.{method.name} (line {block.lineno}) opens {dialog} under a wait cursor; "
+                        "ask before the waitCursor block."
+                    )
+    return problems

@@ -19,6 +19,7 @@ from extension_checks import (
     subdirectory_problems,
     ui_name_problems,
     unittest_registration_problems,
+    wait_cursor_dialog_problems,
 )
 
 REPOSITORY_DIR = Path(__file__).resolve().parent.parent
@@ -297,3 +298,24 @@ def test_torch_anywhere_and_qt_in_the_lib_or_at_module_level_are_reported(module
         "MAFM3SlicerLib/worker.py:1 imports qt; MAFM3SlicerLib must stay Qt-free.",
         "MAFM3SlicerLib/worker.py:5 imports torch; the GUI process must not load the model.",
     ]
+
+
+def test_no_confirmation_is_asked_under_a_wait_cursor():
+    assert wait_cursor_dialog_problems(MODULE_FILE) == []
+
+
+def test_a_confirmation_inside_a_wait_cursor_block_is_reported(tmp_path):
+    module_file = tmp_path / "MAFM3Slicer.py"
+    text = MODULE_FILE.read_text()
+    asks_first = """        with slicer.util.tryWithErrorDisplay(_("Could not install the dependencies.")):"""
+    assert asks_first in text
+    module_file.write_text(
+        text.replace(asks_first, asks_first.replace('dependencies."))', 'dependencies."), waitCursor=True)'))
+    )
+
+    (problem,) = wait_cursor_dialog_problems(module_file)
+
+    assert problem.startswith("MAFM3SlicerWidget.onApplyButton (line ")
+    assert problem.endswith(
+        "opens confirmOkCancelDisplay under a wait cursor; ask before the waitCursor block."
+    )
