@@ -84,9 +84,26 @@ def test_a_number_the_panel_cannot_hold_is_left_unknown_and_reported():
 def test_the_study_is_registered_with_sample_data_when_slicer_has_it(mafm3_slicer, monkeypatch):
     mafm3_slicer.registerSampleData()  # no SampleData module here: nothing to do, and no error
     registered = []
+
+    def register_custom_sample_data_source(  # the keywords of Slicer 5.10's SampleDataLogic method
+        category="Custom",
+        sampleName=None,
+        uris=None,
+        fileNames=None,
+        nodeNames=None,
+        customDownloader=None,
+        thumbnailFileName=None,
+        loadFileTypes=None,
+        loadFiles=None,
+        loadFileProperties=None,
+        checksums=None,
+        loadFileType=None,
+    ):
+        registered.append(dict(locals()))
+
     sample_data = types.ModuleType("SampleData")
     sample_data.SampleDataLogic = types.SimpleNamespace(
-        registerCustomSampleDataSource=lambda **k: registered.append(k)
+        registerCustomSampleDataSource=register_custom_sample_data_source
     )
     monkeypatch.setitem(sys.modules, "SampleData", sample_data)
 
