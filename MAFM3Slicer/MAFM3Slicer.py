@@ -397,9 +397,11 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancelJob()
             self.ui.statusLabel.text = _("Cancelling...")
             return
+        ready = False  # stays so when the error display below swallows an exception
         with slicer.util.tryWithErrorDisplay(_("Could not install the dependencies.")):
-            if not self._ensureDependencies():  # asks first; never under a wait cursor
-                return
+            ready = self._ensureDependencies()  # asks first; never under a wait cursor
+        if not ready:
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the skills."), waitCursor=True):
             parameters = self._parameterNode
             description = self.logic.describeStudy(parameters.inputCT, parameters.inputPET)

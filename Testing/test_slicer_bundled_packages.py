@@ -96,6 +96,11 @@ def slicer_python(tmp_path_factory) -> Path:
     return python
 
 
+def _build_litter(core_folder: Path) -> list[str]:
+    """What a build inside the core's folder would leave there (`build/`, `*.egg-info`)."""
+    return sorted(str(path) for path in [*core_folder.glob("build"), *core_folder.rglob("*.egg-info")])
+
+
 def _start_install(python: Path, tmp_path: Path) -> BackgroundInstall:
     """What Apply starts in the venv's Slicer: the steps for its status, in the background."""
     installed = _distributions(python)
@@ -129,6 +134,8 @@ def test_an_install_interrupted_midway_is_offered_again(slicer_python, tmp_path)
 def test_the_install_keeps_every_package_slicer_bundles_and_the_core_works_there(slicer_python, tmp_path):
     before = _distributions(slicer_python)
     assert {name: before.get(name) for name in SLICER_5_10_BUNDLED} == SLICER_5_10_BUNDLED
+    shipped_core = MODULE_DIR.parent / "python_core"
+    litter_before = _build_litter(shipped_core)
 
     install = _start_install(slicer_python, tmp_path).start()
     progress = install.wait(INSTALL_TIMEOUT_S)
@@ -140,6 +147,7 @@ def test_the_install_keeps_every_package_slicer_bundles_and_the_core_works_there
     }
     assert changed == {}  # nothing Slicer had was up- or downgraded (or removed)
     assert "mafm3" in after and "monai" in after
+    assert _build_litter(shipped_core) == litter_before  # built from a copy: nothing left beside the module
     assert _status(slicer_python) == {"ready": True, "missing": [], "refusal": None}
     doctor = subprocess.run(
         [str(slicer_python), "-m", "mafm3", "doctor"],
