@@ -83,7 +83,10 @@ def test_the_benchmark_reports_every_section_and_ratio(small_benchmark, tmp_path
         assert a[scope]["ours"]["seconds"] > 0 and a[scope]["unetr"]["seconds"] > 0
         assert a[scope]["unetr_parameters"] > a[scope]["ours_parameters"]
     assert a["shipped"]["input_chw"] == [2, 28, 24, 24] and a["paper"]["input_chw"] == [2, 32, 32, 32]
-    assert report["b_ctvit_vs_reference"]["max_abs_difference"] < 1e-3  # fp32 here: the same maths
+    if report["settings"]["autocast"] == "fp32":
+        assert report["b_ctvit_vs_reference"]["max_abs_difference"] < 1e-3  # the same maths
+    else:  # bf16, the policy on a CPU with AVX512-BF16 or AMX: an 8-bit mantissa over layer-normed tokens
+        assert report["b_ctvit_vs_reference"]["max_abs_difference"] < 0.1
     assert report["c_skill_switch"]["switches"] == 2 * sections.SKILL_SWITCHES
     d = report["d_combined_vs_separate"]
     assert d["separate_s"] == pytest.approx(

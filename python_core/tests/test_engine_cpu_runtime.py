@@ -8,6 +8,8 @@ Oracle: the PyTorch decoder itself on the same windows, fp32; tolerance `LOGIT_T
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -99,6 +101,27 @@ def test_an_uncached_runtime_is_converted_for_a_long_study_but_not_a_short_one(
     with torch.inference_mode():
         race(image, hidden), race(image, hidden)
     assert race.chosen == "openvino" and set(race.seconds_per_window) == {"torch", "openvino"}
+
+
+def test_the_race_keeps_pytorch_when_the_runtime_is_slower(decoder, monkeypatch):
+    class Slow:  # a runtime slower than PyTorch on any machine
+        def __init__(self, *args) -> None:
+            pass
+
+        def __call__(self, image, hidden):
+            time.sleep(2.0 + 2 * race.seconds_per_window["torch"] * image.shape[0])
+            return torch.zeros(image.shape[0], 3, *image.shape[2:])
+
+    monkeypatch.setattr(cpu_runtime, "openvino_installed", lambda: True)
+    monkeypatch.setattr(cpu_runtime, "OpenVinoDecoder", Slow)
+    race = RaceDecoder(decoder, channels=2, dim=DIM, dtype=None, choice="openvino")
+    race.plan(6)
+    image, hidden = windows(1)
+    with torch.inference_mode():
+        outputs = [race(image, hidden) for _ in range(3)]
+        reference = decoder(image, hidden)
+    assert race.chosen == "torch" and set(race.seconds_per_window) == {"torch", "openvino"}
+    assert torch.equal(outputs[2], reference)  # after the race, PyTorch decodes
 
 
 def test_without_openvino_pytorch_decodes_alone(decoder, monkeypatch):

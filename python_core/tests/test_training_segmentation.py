@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from mafm3.demo.writers import write_cohort
 from mafm3.imaging.io import read_image
@@ -25,9 +26,19 @@ WINDOW = (32, 32, 32)
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
+    """A tiny synthetic case whose label also marks a 2³ node in the air of the CT's corner (as a label drawn
+    on a PET/CT that moved between scans could), far from the body and without uptake."""
     folder = tmp_path_factory.mktemp("cohort")
     write_cohort(1, 3, folder / "cohort", "tiny")
-    return list(load_cohort(folder / "cohort").labelled())[0]
+    case = list(load_cohort(folder / "cohort").labelled())[0]
+    label = read_image(case.label)[0]
+    array = sitk.GetArrayFromImage(label)
+    assert (sitk.GetArrayFromImage(read_image(case.ct)[0])[:2, :2, :2] < -900).all()  # air there
+    array[:2, :2, :2] = 2
+    marked = sitk.GetImageFromArray(array)
+    marked.CopyInformation(label)
+    sitk.WriteImage(marked, str(case.label))
+    return case
 
 
 @pytest.fixture(scope="module")
