@@ -107,10 +107,7 @@ def decoded_windows(
     if inside.size == 0:
         return 0
     pads, _ = _padding(inside.shape, window)
-    padded = np.zeros([size + pad for size, pad in zip(inside.shape, pads, strict=True)], dtype=bool)
-    padded[tuple(slice(pad // 2, pad // 2 + size) for pad, size in zip(pads, inside.shape, strict=True))] = (
-        inside
-    )
+    padded = np.pad(inside, [(pad // 2, pad - pad // 2) for pad in pads])
     return len(window_slices(padded.shape, window, overlap, padded))
 
 
@@ -166,7 +163,7 @@ def blend_windows(
         return torch.zeros((0, *shape), device=volume.device), weight > 0
     blended = blended[(slice(None), *crop)]
     covered = weight > 0
-    return blended / torch.where(covered, weight, 1.0), covered
+    return blended.div_(torch.where(covered, weight, 1.0)), covered  # in place: the blend is the largest
 
 
 def sliding_window_labels(
