@@ -103,9 +103,9 @@ def reads(monkeypatch) -> list[str]:
 
 
 def cohort_run(dataset: Path, out: Path) -> int:
-    return main(
-        ["cohort", "run", "--dataset", str(dataset), "--skill", *SKILLS, "--out", str(out), "--quiet"]
-    )
+    """fp32: the network is a pass-through, so the precision policy changes nothing here."""
+    command = ["cohort", "run", "--dataset", str(dataset), "--skill", *SKILLS, "--out", str(out)]
+    return main([*command, "--precision", "fp32", "--quiet"])
 
 
 def test_every_case_runs_a_broken_one_is_recorded_and_metrics_are_exact(
