@@ -28,8 +28,13 @@ from mafm3.model.mtlr import fit_time_bins
 from mafm3.model.prognosis import PrognosisConfig
 from mafm3.model.skill_model import SkillConfig, build_skill_model
 from mafm3.skills.backbone import load_backbone
-from mafm3.skills.packs import install_pack
+from mafm3.skills.packs import export_pack, install_pack
 from mafm3.skills.presets import PRESETS, Preset
+
+# Every run here takes `--precision auto`, as users do: on both CPU paths in `make test`. Labels are compared
+# exactly only where no network computes them (the pass-through segmenter) or against the same engine's own
+# earlier run (same module, same input, same kernels).
+pytestmark = pytest.mark.precision
 
 OBLIQUE = (0.96, -0.28, 0.0, 0.28, 0.96, 0.0, 0.0, 0.0, 1.0)  # 16° about S
 
@@ -85,8 +90,6 @@ def installed_skills(backbone_manifest, tmp_path):  # noqa: F811
     prognosis = build_skill_model(preset.config, backbone, "tiny-prognosis")
     assert isinstance(prognosis.config.prognosis, PrognosisConfig)
     prognosis.head.set_time_bins(fit_time_bins(torch.tensor([200.0, 500, 900, 1500]), torch.ones(4), 3))
-    from mafm3.skills.packs import export_pack
-
     prog = export_pack(
         prognosis,
         tmp_path / "pack-prognosis",
@@ -201,16 +204,45 @@ def test_run_writes_every_output_with_the_ct_geometry(installed_skills, study_fi
     assert json.loads((out / "prognosis.json").read_text())["skill"]["id"] == "tiny-prognosis"
 
 
+def tiny_petct_preset() -> Preset:
+    """The tiny segmentation skill on CT and PET: a 2-channel patch embedding and the PET skip encoder."""
+    ct = tiny_preset("tiny-seg-petct")
+    petct = PRESETS["demo-seg-petct"]
+    config = replace(
+        ct.config,
+        patch_embedding=replace(ct.config.patch_embedding, channels=2),
+        decoder=replace(ct.config.decoder, pet_skip=True),
+    )
+    return replace(ct, config=config, modalities=petct.modalities, preprocessing=petct.preprocessing)
+
+
 def test_missing_pet_for_a_pet_ct_skill_exits_with_one_sentence_and_leaves_out_untouched(
-    installed_skills, study_files, tmp_path, capsys
+    installed_skills,
+    backbone_manifest,
+    study_files,
+    tmp_path,
+    capsys,  # noqa: F811
 ):
+    preset = tiny_petct_preset()
+    skill = build_skill_model(preset.config, load_backbone(backbone_manifest["path"]), preset.name)
+    export_pack(
+        skill,
+        tmp_path / "pack-petct",
+        preset=preset,
+        version="1.0.0",
+        backbone_id=backbone_manifest["id"],
+        backbone_sha256=backbone_manifest["sha256"],
+    )
+    install_pack(tmp_path / "pack-petct")
     _, ct_path, _ = study_files
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("annotator notes")
+    assert main(["skill", "list"]) == 0 and "tiny-seg-petct" in capsys.readouterr().out  # installed
     code = main(["run", "--ct", str(ct_path), "--skill", "tiny-seg-petct", "--out", str(out), "--overwrite"])
     error = capsys.readouterr().err.strip()
-    assert code == 1 and error.count("\n") == 0 and "tiny-seg-petct" in error
+    assert code == 1 and error.count("\n") == 0
+    assert "'tiny-seg-petct' needs a PET volume and none was given" in error and "tiny-seg-ct" in error
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
