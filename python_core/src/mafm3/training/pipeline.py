@@ -32,6 +32,7 @@ from mafm3.imaging.preprocess import PreprocessingConfig
 from mafm3.progress import ProgressCallback, silent_progress
 from mafm3.skills.manifest import ID_PATTERN, VERSION_PATTERN, SkillManifest
 from mafm3.skills.presets import Preset, get_preset
+from mafm3.tasks import TRAINABLE_TASKS
 from mafm3.training import prognosis, segmentation
 from mafm3.training.datasets import Case, CaseCache, load_cohort
 from mafm3.training.model_space import CachedCases, dataset_record, model_spacing
@@ -47,7 +48,6 @@ from mafm3.training.trainer import (
     steps_per_epoch,
 )
 
-TASKS = ("segmentation", "prognosis")
 DEFAULT_PRESETS = {
     ("segmentation", ("CT",)): "hecktor-seg-ct",
     ("segmentation", ("CT", "PET")): "hecktor-seg-petct",
@@ -140,8 +140,8 @@ def train(options: TrainOptions, progress: ProgressCallback = silent_progress) -
 
 def _train(options: TrainOptions, ranks: Ranks, progress: ProgressCallback) -> TrainResult:
     task = options.task
-    if task not in TASKS:
-        raise MAFM3Error(f"Unknown training task {task!r}; use {' or '.join(TASKS)}.")
+    if task not in TRAINABLE_TASKS:
+        raise MAFM3Error(f"Unknown training task {task!r}; use {' or '.join(TRAINABLE_TASKS)}.")
     out, work = Path(options.out), WorkFolder(options.out)
     _check_output(out, work, options.resume)
     cohort = load_cohort(options.dataset)
