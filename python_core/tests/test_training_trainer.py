@@ -40,9 +40,11 @@ from mafm3.skills.backbone import import_ctclip_checkpoint, load_backbone
 from mafm3.skills.packs import export_pack, install_pack, verify_pack
 from mafm3.skills.presets import PRESETS
 from mafm3.training import segmentation
+from mafm3.training.build import check_only_skill_trains
 from mafm3.training.datasets import CaseCache, load_cohort
 from mafm3.training.model_space import CachedCases
-from mafm3.training.pipeline import TrainOptions, check_only_skill_trains, preset_from_file, train
+from mafm3.training.pipeline import TrainOptions, train
+from mafm3.training.source import preset_from_file
 from mafm3.training.splits import kfold_split
 from mafm3.training.trainer import Network, Ranks, batch_indices, steps_per_epoch
 
