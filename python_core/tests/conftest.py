@@ -1,4 +1,6 @@
-"""Shared test set-up of the core: the precision policy every numeric test states.
+"""Shared fixtures of the core tests (tiny backbone and skill packs, the engine's study, the training lab) and
+the precision policy every numeric test states; the helpers they use live in `tiny_models`,
+`imaging_phantoms`, `cohort_cases`, `training_lab` and `numeric_precision`.
 
 `--precision auto` runs bf16 autocast on a CPU with native bf16 and float32 elsewhere. MAFM3_CPU_BF16=1 (or 0)
 makes the policy take the bf16 (or float32) CPU path on any machine, emulating bf16 where the CPU lacks it;
@@ -8,30 +10,30 @@ the `precision` mark fails here, so no such test can pass on one machine and fai
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+import SimpleITK as sitk
 import torch
+from imaging_phantoms import phantom_ct
+from safetensors.torch import save_file
+from tiny_models import (
+    SMALL_BACKBONE,
+    ctclip_state_dict,
+    export,
+    tiny_preset,
+    tiny_prognosis_preset,
+)
+from training_lab import N_CASES, Lab, preset_file
 
 import mafm3.engine.device
-
-# Relative error each precision allows for one result computed two ways (a fused against a plain path, two
-# devices): two units in the last place of the narrower format, as rounding the inputs of each matrix
-# product once costs one. float32's bound is for sums of up to ~10^4 terms taken in another order
-# (error ~ sqrt(n) ulps).
-ULPS = {torch.float32: 128, torch.bfloat16: 2, torch.float16: 2}
-
-
-def relative_tolerance(dtype: torch.dtype | None) -> float:
-    """The relative error allowed under autocast `dtype` (None: float32), derived from its machine epsilon."""
-    dtype = dtype or torch.float32
-    return ULPS[dtype] * torch.finfo(dtype).eps
-
-
-def assert_close_in_precision(found: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None) -> None:
-    """`found` equals `expected` within `relative_tolerance(dtype)` of the largest magnitude in `expected`."""
-    scale = float(expected.float().abs().max())
-    torch.testing.assert_close(
-        found.float(), expected.float(), rtol=0, atol=relative_tolerance(dtype) * max(scale, 1e-12)
-    )
+from mafm3.demo.writers import write_cohort
+from mafm3.model.mtlr import fit_time_bins
+from mafm3.model.prognosis import PrognosisConfig
+from mafm3.model.skill_model import build_skill_model
+from mafm3.skills.backbone import import_ctclip_checkpoint, load_backbone
+from mafm3.skills.packs import export_pack, install_pack
 
 
 @pytest.fixture()
@@ -59,3 +61,68 @@ def _auto_precision_only_in_precision_tests(request, monkeypatch):
             "runs it on both CPU paths; tolerances from `relative_tolerance`), or ask for fp32 or bf16",
             pytrace=False,
         )
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("MAFM3_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture()
+def backbone_manifest(home, tmp_path) -> dict:
+    checkpoint = tmp_path / "tiny-ct-clip.safetensors"
+    save_file(ctclip_state_dict(**SMALL_BACKBONE, latent=None), checkpoint)
+    manifest = import_ctclip_checkpoint(checkpoint, backbone_id="tiny", patch_size=8, temporal_patch_size=4)
+    manifest["path"] = home / "backbones" / "tiny"
+    return manifest
+
+
+@pytest.fixture()
+def installed_skills(backbone_manifest, tmp_path):
+    """A tiny CT segmentation skill and a tiny prognosis skill with the same preprocessing, installed."""
+    backbone = load_backbone(backbone_manifest["path"])
+    segmenter = build_skill_model(tiny_preset().config, backbone, "tiny-seg-ct")
+    seg = export(segmenter, tmp_path / "pack-seg", backbone_manifest)
+    preset = tiny_prognosis_preset()
+    prognosis = build_skill_model(preset.config, backbone, "tiny-prognosis")
+    assert isinstance(prognosis.config.prognosis, PrognosisConfig)
+    prognosis.head.set_time_bins(fit_time_bins(torch.tensor([200.0, 500, 900, 1500]), torch.ones(4), 3))
+    prog = export_pack(
+        prognosis,
+        tmp_path / "pack-prognosis",
+        preset=preset,
+        version="1.0.0",
+        backbone_id=backbone_manifest["id"],
+        backbone_sha256=backbone_manifest["sha256"],
+    )
+    for folder in (tmp_path / "pack-seg", tmp_path / "pack-prognosis"):
+        install_pack(folder)
+    return seg, prog
+
+
+@pytest.fixture()
+def study_files(tmp_path):
+    ct = phantom_ct()
+    sitk.WriteImage(ct, str(tmp_path / "ct.nrrd"))
+    (tmp_path / "clinical.json").write_text(json.dumps({"age": 61, "hpv": True, "t_stage": "T2"}))
+    return ct, tmp_path / "ct.nrrd", tmp_path / "clinical.json"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on a busy two-core machine run 10-30 times slower
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MAFM3_HOME", str(root / "home"))
+        checkpoint = root / "tiny-ct-clip.safetensors"
+        save_file(ctclip_state_dict(**SMALL_BACKBONE, latent=None), checkpoint)
+        manifest = import_ctclip_checkpoint(
+            checkpoint, backbone_id="tiny", patch_size=8, temporal_patch_size=4
+        )
+        manifest["path"] = root / "home" / "backbones" / "tiny"
+        write_cohort(N_CASES, 0, root / "cohort", "tiny")
+        presets = {task: preset_file(root, task) for task in ("segmentation", "prognosis")}
+        yield Lab(root, root / "home", root / "cohort", manifest, presets)
+    torch.set_num_threads(threads)

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import relative_tolerance
-from test_engine import phantom_ct
+from imaging_phantoms import phantom_ct
+from numeric_precision import relative_tolerance
 
 import mafm3.bench.fixtures
 from mafm3.bench import sections

@@ -1,4 +1,8 @@
-"""The demo backbone: pre-trained on synthetic anatomy, imported like a real CT-CLIP checkpoint."""
+"""The demo backbone: pre-trained on synthetic anatomy, imported like a real CT-CLIP checkpoint.
+
+Precision: float32 on the CPU without autocast (the `--precision` policy is not involved); tensors are
+compared bit for bit only where the same module runs on the same input, else within a tolerance.
+"""
 
 import json
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_imaging_fixtures import (
+from imaging_phantoms import (
     FLIPPED,
     LEFT_HANDED,
     OBLIQUE,

@@ -5,15 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_imaging_fixtures import (
-    FLIPPED,
-    LEFT_HANDED,
-    OBLIQUE,
-    PERMUTED,
-    grid_image,
-    make_image,
-    voxel_points,
-)
+from imaging_phantoms import FLIPPED, LEFT_HANDED, OBLIQUE, PERMUTED, grid_image, make_image, voxel_points
 
 from mafm3.imaging.resample import Grid, resample_onto, resample_to_spacing
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from imaging_phantoms import ct_phantom, origin_for_centre, pet_headers, pet_phantom, write_dicom_series
 from pydicom.uid import generate_uid
-from test_imaging_fixtures import ct_phantom, origin_for_centre, pet_headers, pet_phantom, write_dicom_series
 
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.io import write_image

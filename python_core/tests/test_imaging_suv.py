@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_imaging_fixtures import pet_headers, write_dicom_series
+from imaging_phantoms import pet_headers, write_dicom_series
 
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.io import read_image

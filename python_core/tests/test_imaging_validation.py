@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_imaging_fixtures import OBLIQUE, ct_phantom, make_image, origin_for_centre, pet_phantom
+from imaging_phantoms import OBLIQUE, ct_phantom, make_image, origin_for_centre, pet_phantom
 
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.study import Study

@@ -1,5 +1,8 @@
 """CT-ViT (mafm3.model.ctvit) against CT-CLIP's reference outputs in fixtures/ctclip (README tolerances), the
-plausible mistakes those fixtures must catch, the fast paths, skill overrides and the LoRA loading order."""
+plausible mistakes those fixtures must catch, the fast paths, skill overrides and the LoRA loading order.
+
+Precision: float32 (the fixture tolerances), and bf16 autocast where a test asks for it by name.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,12 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close_in_precision, relative_tolerance
 from einops import rearrange
 from einops.layers.torch import Rearrange
+from numeric_precision import assert_close_in_precision, relative_tolerance
 from peft import LoraConfig, inject_adapter_in_model
 from safetensors.torch import load_file
-from test_model_checkpoint import FIXTURES, FULL, SMALL, ctclip_state_dict
+from tiny_models import FIXTURES, FULL, SMALL, ctclip_state_dict
 
 from mafm3.errors import MAFM3Error
 from mafm3.model import position

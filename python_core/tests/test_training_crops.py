@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_training_trainer import lab, read_log, train_options  # noqa: F401 (lab is a fixture)
+from training_lab import read_log, train_options
 
 from mafm3.errors import MAFM3Error
 from mafm3.training import segmentation

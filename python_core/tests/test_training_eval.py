@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_training_trainer import lab, train_options  # noqa: F401  (the module fixture `lab`)
+from training_lab import train_options
 
 from mafm3.cli import main
 from mafm3.engine import runner as engine_runner
@@ -27,7 +27,7 @@ EVAL = ["--device", "cpu", "--precision", "fp32", "--bootstrap", "20", "--quiet"
 
 
 @pytest.fixture(scope="module")
-def segmentation_pack(lab, tmp_path_factory):  # noqa: F811
+def segmentation_pack(lab, tmp_path_factory):
     out = tmp_path_factory.mktemp("packs") / "seg"
     train(train_options(lab, "segmentation", out, fold=0, folds=4, iterations=8, val_every=4))
     return out
@@ -59,7 +59,7 @@ def image_thresholds(monkeypatch):
 
 
 def test_a_fold_is_evaluated_on_its_test_cases_exactly_as_mafm3_run_segments_them(
-    lab,  # noqa: F811
+    lab,
     segmentation_pack,
     image_thresholds,
     tmp_path,
@@ -98,7 +98,7 @@ def test_a_fold_is_evaluated_on_its_test_cases_exactly_as_mafm3_run_segments_the
 
 
 def test_a_fold_the_pack_trained_on_is_refused_and_without_fold_the_overlap_is_reported(
-    lab,  # noqa: F811
+    lab,
     segmentation_pack,
     tmp_path,
     capsys,
@@ -116,7 +116,7 @@ def test_a_fold_the_pack_trained_on_is_refused_and_without_fold_the_overlap_is_r
     assert summary["n_cases_seen_in_training"] == len(fold["train_ids"]) + len(fold["val_ids"])
 
 
-def test_prognosis_eval_reports_harrells_c_with_the_sign_of_risk(lab, tmp_path):  # noqa: F811
+def test_prognosis_eval_reports_harrells_c_with_the_sign_of_risk(lab, tmp_path):
     pack = tmp_path / "prognosis"
     train(train_options(lab, "prognosis", pack, iterations=None, epochs=2, batch_size=2))
     out = tmp_path / "prognosis.json"
@@ -140,7 +140,7 @@ def test_prognosis_eval_reports_harrells_c_with_the_sign_of_risk(lab, tmp_path):
 
 
 def test_the_unetr_baseline_trains_on_the_same_data_and_is_evaluated_side_by_side(
-    lab,  # noqa: F811
+    lab,
     segmentation_pack,
     tmp_path,
 ):
