@@ -10,6 +10,8 @@ import mafm3
 from mafm3.cli import main
 from mafm3.engine.device import resolve_device
 
+pytestmark = pytest.mark.precision  # doctor reports what `--precision auto` picks: both CPU paths
+
 
 def test_version_flag_prints_the_package_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -39,6 +41,7 @@ def test_doctor_reports_the_device_that_auto_picks(capsys, tmp_path, monkeypatch
     monkeypatch.setenv("MAFM3_HOME", str(tmp_path))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
     assert main(["doctor", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
