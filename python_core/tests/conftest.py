@@ -33,7 +33,7 @@ from mafm3.model.mtlr import fit_time_bins
 from mafm3.model.prognosis import PrognosisConfig
 from mafm3.model.skill_model import build_skill_model
 from mafm3.skills.backbone import import_ctclip_checkpoint, load_backbone
-from mafm3.skills.packs import export_pack, install_pack
+from mafm3.skills.packs import install_pack
 
 
 @pytest.fixture()
@@ -88,14 +88,7 @@ def installed_skills(backbone_manifest, tmp_path):
     prognosis = build_skill_model(preset.config, backbone, "tiny-prognosis")
     assert isinstance(prognosis.config.prognosis, PrognosisConfig)
     prognosis.head.set_time_bins(fit_time_bins(torch.tensor([200.0, 500, 900, 1500]), torch.ones(4), 3))
-    prog = export_pack(
-        prognosis,
-        tmp_path / "pack-prognosis",
-        preset=preset,
-        version="1.0.0",
-        backbone_id=backbone_manifest["id"],
-        backbone_sha256=backbone_manifest["sha256"],
-    )
+    prog = export(prognosis, tmp_path / "pack-prognosis", backbone_manifest, preset=preset)
     for folder in (tmp_path / "pack-seg", tmp_path / "pack-prognosis"):
         install_pack(folder)
     return seg, prog

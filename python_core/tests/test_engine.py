@@ -17,7 +17,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from imaging_phantoms import tumour_mask
-from tiny_models import tiny_preset
+from tiny_models import export, tiny_preset
 
 from mafm3.cli import main
 from mafm3.engine import Cancelled, Engine, RunRequest
@@ -26,7 +26,7 @@ from mafm3.errors import MAFM3Error
 from mafm3.imaging.preprocess import to_model_array
 from mafm3.model.skill_model import build_skill_model
 from mafm3.skills.backbone import load_backbone
-from mafm3.skills.packs import export_pack, install_pack
+from mafm3.skills.packs import install_pack
 from mafm3.skills.presets import PRESETS, Preset
 
 # Every run here takes `--precision auto`, as users do: on both CPU paths in `make test`. Labels are compared
@@ -149,14 +149,7 @@ def test_missing_pet_for_a_pet_ct_skill_exits_with_one_sentence_and_leaves_out_u
 ):
     preset = tiny_petct_preset()
     skill = build_skill_model(preset.config, load_backbone(backbone_manifest["path"]), preset.name)
-    export_pack(
-        skill,
-        tmp_path / "pack-petct",
-        preset=preset,
-        version="1.0.0",
-        backbone_id=backbone_manifest["id"],
-        backbone_sha256=backbone_manifest["sha256"],
-    )
+    export(skill, tmp_path / "pack-petct", backbone_manifest, preset=preset)
     install_pack(tmp_path / "pack-petct")
     _, ct_path, _ = study_files
     out = tmp_path / "out"

@@ -230,11 +230,14 @@ def trained_skill(backbone, name: str, seed: int):
     return skill.eval()
 
 
-def export(skill, folder, manifest: dict, version: str = "1.0.0", **kwargs) -> SkillManifest:
+def export(
+    skill, folder, manifest: dict, version: str = "1.0.0", preset: Preset | None = None, **kwargs
+) -> SkillManifest:
+    """`export_pack` of a skill on the backbone of `manifest` (the tiny segmentation preset by default)."""
     return export_pack(
         skill,
         folder,
-        preset=tiny_preset(),
+        preset=preset or tiny_preset(),
         version=version,
         backbone_id=manifest["id"],
         backbone_sha256=kwargs.pop("sha256", manifest["sha256"]),
