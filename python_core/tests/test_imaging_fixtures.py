@@ -1,7 +1,7 @@
-"""Synthetic images and DICOM series for the imaging tests, and tests that they are what they claim.
+"""The synthetic images and DICOM series of the imaging tests (`imaging_phantoms`) are what they claim.
 
-Other `test_imaging_*` modules import the builders from here. Phantoms are defined in physical LPS space
-(a body cylinder, a hot spot), so their expected positions are known by construction whatever the grid.
+Phantoms are defined in physical LPS space (a body cylinder, a hot spot), so their expected positions are
+known by construction whatever the grid.
 """
 
 from __future__ import annotations
