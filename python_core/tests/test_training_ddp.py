@@ -13,9 +13,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 from training_lab import preset_file, read_log
 
 from mafm3.skills.packs import verify_pack
+
+pytestmark = pytest.mark.slow  # two torchrun processes train: about 30 s on 2 cores
 
 
 def test_two_cpu_ranks_stay_identical_and_write_one_pack(
