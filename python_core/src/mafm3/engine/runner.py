@@ -1,6 +1,6 @@
 """The engine: one study in, a `StudyResult` out, with backbones and skills kept warm between studies.
 
-Flow (DESIGN.md): read the study -> choose the skills (registry) -> for each distinct preprocessing, prepare
+Flow: read the study -> choose the skills (registry) -> for each distinct preprocessing, prepare
 the input once -> activate each skill on its shared backbone (no reload) -> infer -> labels back onto the CT's
 own grid, prognosis and classification read out -> `StudyResult`; `run_and_write` adds the writers.
 """
