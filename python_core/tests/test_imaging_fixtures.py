@@ -2,6 +2,9 @@
 
 Phantoms are defined in physical LPS space (a body cylinder, a hot spot), so their expected positions are
 known by construction whatever the grid.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Reading and writing images: file formats keep their geometry; DICOM folders give the series asked for."""
+"""Reading and writing images: file formats keep their geometry; DICOM folders give the series asked for.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 

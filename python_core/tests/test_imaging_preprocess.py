@@ -1,4 +1,8 @@
-"""Preprocessing and back: a mask drawn on the CT returns unchanged onto its grid, whatever its geometry."""
+"""Preprocessing and back: a mask drawn on the CT returns unchanged onto its grid, whatever its geometry.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Resampling keeps physical positions; the torch path gives what SimpleITK gives."""
+"""Resampling keeps physical positions; the torch path gives what SimpleITK gives.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Loading a study: CT in HU, PET in SUV on its own grid, clinical record; a PET beside a DICOM CT is used."""
+"""Loading a study: CT in HU, PET in SUV on its own grid, clinical record; a PET beside a DICOM CT is used.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """PET to SUV: every expected value is worked by hand from the header values written into the series.
 
 SUV = activity (Bq/ml) * weight (g) / (dose (Bq) * 2 ** (-elapsed (s) / half-life (s))).
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
 """
 
 from __future__ import annotations

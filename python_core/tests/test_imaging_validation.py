@@ -1,4 +1,8 @@
-"""Each input the skills cannot handle is refused with its own one-sentence `MAFM3Error`; good inputs pass."""
+"""Each input the skills cannot handle is refused with its own one-sentence `MAFM3Error`; good inputs pass.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 
