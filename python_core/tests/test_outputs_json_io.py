@@ -1,4 +1,8 @@
-"""`prognosis.json` and `result.json`: each value read back equals what the test put in or counted itself."""
+"""`prognosis.json` and `result.json`: each value read back equals what the test put in or counted itself.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 

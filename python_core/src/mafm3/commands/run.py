@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from mafm3.skills import TASKS
+from mafm3.tasks import TASKS
 
 HELP = "run skills on one study (CT, optional PET and clinical data) and write the results"
 
