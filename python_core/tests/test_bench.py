@@ -149,10 +149,12 @@ def test_the_rss_gauges_see_an_allocation():
 
 
 @pytest.mark.slow
+@pytest.mark.precision
 def test_the_paper_skill_over_a_whole_study_alone_reports_baseline_fast_path_and_levers(
-    small_benchmark, tmp_path, capsys
+    small_benchmark, tmp_path, capsys, cpu_autocast
 ):
-    """`--only paper-whole-study` (what `scripts/gpu_checks.sh` runs on CUDA), here on the CPU."""
+    """`--only paper-whole-study` (what `scripts/gpu_checks.sh` runs on CUDA), here on the CPU with the
+    policy's precision: the fast path in float32 or bf16 (`cpu_autocast`), the baseline always in float32."""
     target = tmp_path / "whole.json"
     code = main(
         ["bench", "--device", "cpu", "--size", "tiny", "--only", "paper-whole-study", "--json", str(target)]
@@ -171,7 +173,8 @@ def test_the_paper_skill_over_a_whole_study_alone_reports_baseline_fast_path_and
     assert whole["ratio"] == pytest.approx(whole["baseline_s"] / whole["fast_s"], rel=1e-2)
     levers = whole["levers"]
     assert levers["skip_empty_windows"]["windows"][0] == 27
-    fp32 = report["settings"]["autocast"] == "fp32"  # the policy's choice: bf16 on a CPU with native bf16
+    fp32 = cpu_autocast is None
+    assert report["settings"]["autocast"] == ("fp32" if fp32 else "bfloat16")
     assert levers["bf16"]["used"] is not fp32
     if fp32:
         assert whole["max_abs_logit_difference"] < LOGIT_TOLERANCE  # PyTorch or OpenVINO, fp32 both

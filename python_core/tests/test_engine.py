@@ -195,7 +195,7 @@ def test_the_engine_skips_empty_windows_over_a_fitted_box_unless_asked_for_dense
 
     monkeypatch.setattr(engine_runner, "segment", recording)
     for dense in (False, True):
-        engine().run(RunRequest(ct=str(ct_path), skills=["tiny-seg-ct"], dense=dense))
+        engine().run(RunRequest(ct=str(ct_path), skills=["tiny-seg-ct"], dense=dense, precision="fp32"))
     body_voxels = (sitk.GetArrayFromImage(ct) > -500).sum()
     assert [flags[:2] for flags in seen] == [(True, True), (False, False)]
     assert seen[0][2] > body_voxels  # the body, resampled onto the finer model grid, is what is occupied
