@@ -155,8 +155,8 @@ def _baseline_sample(skill, batch, decoder, dtype, device) -> tuple[float, dict]
         skill.backbone.autocast_dtype = dtype
         with autocast(device, dtype):
             _, hidden = skill.features(batch)
-            runner = decoder.chosen if decoder is not None and decoder.runtime is not None else "torch"
-            ours = (decoder.runtime if runner == "openvino" else skill.decoder)(batch, hidden).float()
+            runner = decoder.chosen if decoder is not None and decoder.chosen else "torch"
+            ours = (decoder.runtimes[runner] if runner != "torch" else skill.decoder)(batch, hidden).float()
     return per_window, {
         "labels_compared_on": f"the {batch.shape[0]} timed windows, per window (fast path: {runner}, "
         f"{_precision(dtype)})",

@@ -118,7 +118,9 @@ def cached_ir(decoder: nn.Module, channels: int, dim: int) -> Path:
 
 class RaceDecoder:
     """The decoder a study's windows go through on the CPU: PyTorch for the first batch, OpenVINO (when
-    installed, allowed and worth converting) for the next, then whichever was faster per window.
+    installed, allowed and worth converting) for the next, and, when the policy chose bf16, OpenVINO in fp32
+    for the one after (a CPU's bf16 kernels do not always beat its fp32 ones); then whichever was fastest per
+    window.
 
     decoder: the skill's `UnetrDecoder`; channels, dim: its input channels and the backbone's width; dtype:
     the autocast dtype the engine chose (None = fp32). `choice` overrides the environment ("torch", ...).
@@ -134,15 +136,17 @@ class RaceDecoder:
     ) -> None:
         self.decoder, self.channels, self.dim, self.dtype = decoder, channels, dim, dtype
         self.choice = choice or runtime_choice()
-        self.runtime: OpenVinoDecoder | None = None
-        self.seconds_per_window: dict[str, float] = {}
-        self.chosen: str | None = "torch" if self.choice == "torch" or not openvino_installed() else None
-        self.windows_left = 0
         if self.choice == "openvino" and not openvino_installed():
             raise MAFM3Error(
                 f"{RUNTIME_ENV}=openvino but OpenVINO is not installed: install mafm3[cpu-runtime], "
                 f"or unset {RUNTIME_ENV}."
             )
+        # runner name -> the precision OpenVINO compiles it in (None: fp32), after PyTorch in race order
+        self.contenders = {"openvino": dtype} | ({"openvino-fp32": None} if dtype is not None else {})
+        self.runtimes: dict[str, OpenVinoDecoder] = {}
+        self.seconds_per_window: dict[str, float] = {}
+        self.chosen: str | None = "torch" if self.choice == "torch" or not openvino_installed() else None
+        self.windows_left = 0
 
     def plan(self, windows: int) -> None:
         """Called before each study: `windows` is how many windows it will decode. A study after one too short
@@ -155,25 +159,25 @@ class RaceDecoder:
     def __call__(self, image: torch.Tensor, hidden: Sequence[torch.Tensor]) -> torch.Tensor:
         runner = self._next_runner()
         started = time.perf_counter()
-        logits = self.decoder(image, hidden) if runner == "torch" else self.runtime(image, hidden)
+        logits = self.decoder(image, hidden) if runner == "torch" else self.runtimes[runner](image, hidden)
         per_window = (time.perf_counter() - started) / image.shape[0]
         self.windows_left -= image.shape[0]
         if self.chosen is None:
             self.seconds_per_window[runner] = round(per_window, 4)
-            if runner == "openvino":
-                self.chosen = min(self.seconds_per_window, key=self.seconds_per_window.get)
-            elif not self._worth_converting():
+            if runner == "torch" and not self._worth_converting():
                 self.chosen = "torch"
+            elif set(self.seconds_per_window) == {"torch", *self.contenders}:
+                self.chosen = min(self.seconds_per_window, key=self.seconds_per_window.get)
         return logits
 
     def _next_runner(self) -> str:
         if self.chosen is not None:
             return self.chosen
-        if "torch" not in self.seconds_per_window:
-            return "torch"
-        if self.runtime is None:
-            self.runtime = OpenVinoDecoder(self.decoder, self.channels, self.dim, self.dtype)
-        return "openvino"
+        runner = next(name for name in ("torch", *self.contenders) if name not in self.seconds_per_window)
+        if runner != "torch" and runner not in self.runtimes:
+            precision = self.contenders[runner]
+            self.runtimes[runner] = OpenVinoDecoder(self.decoder, self.channels, self.dim, precision)
+        return runner
 
     def _worth_converting(self) -> bool:
         """After PyTorch's batch: whether to try OpenVINO (cached, forced, or the rest takes long enough)."""
@@ -182,7 +186,7 @@ class RaceDecoder:
         return cached or self.choice == "openvino" or remaining > CONVERT_WHEN_REMAINING_S
 
     def record(self) -> dict:
-        """What ran: the runtime chosen and the seconds per window each runner took on its batch."""
+        """What ran: the runner chosen and the seconds per window each runner took on its batch."""
         return {
             "runtime": self.chosen or "torch",
             "seconds_per_window": dict(self.seconds_per_window),
