@@ -3,8 +3,10 @@
 Every step is a statement about physical space, so nothing depends on how the input happens to be stored:
 
 1. orientation: the CT's grid is re-expressed with `sitk.DICOMOrient` axes (default "LPS": x -> L, y -> P,
-   z -> S). This only permutes and flips axes (an oblique CT stays oblique), so a flipped, permuted or
-   RAS-stored CT gives the same arrays as its LPS twin.
+   z -> S). This only permutes and flips axes, so a flipped, permuted or RAS-stored CT gives the same arrays
+   as its LPS twin. An oblique CT (a tilted head, an oblique acquisition) is instead resampled into the
+   patient's own axes (`Grid.patient_aligned`), so the model sees anatomy in the orientation it was trained
+   in; its labels still come back onto the oblique CT's own grid.
 2. spacing: that grid at the skill's `spacing_mm` (x, y, z), same origin and direction, size
    ceil(extent / spacing), as the authors do.
 3. ROI: a box of `roi_size_mm` on that lattice around a centre from PET uptake (the authors' heuristic) or,
@@ -23,8 +25,9 @@ reproduce them (the authors kept the files' own voxel directions, so a flip of x
 `orientation` to match, e.g. "RAS").
 
 Labels come back with `labels_to_ct_grid`: (T, H, W) -> (z, y, x) on the box -> nearest neighbour onto the
-original CT's grid. When the skill spacing divides the CT spacing (e.g. 1 mm for a 2 mm CT), every CT voxel
-centre is a box voxel centre and the round trip is exact.
+original CT's grid. When the skill spacing divides the CT spacing (e.g. 1 mm for a 2 mm CT) of an axis-aligned
+CT, every CT voxel centre is a box voxel centre and the round trip is exact; for an oblique CT it is exact up
+to the boundary voxels of a mask.
 """
 
 from __future__ import annotations
@@ -161,7 +164,7 @@ class PreparedInput:
 
 def model_grid(study: Study, config: PreprocessingConfig, skill_name: str = "the skill") -> tuple[Grid, dict]:
     """The ROI box on the oriented, resampled CT grid (steps 1-3), and how the ROI was found."""
-    grid = Grid.of(study.ct).oriented(config.orientation).with_spacing(config.spacing_mm)
+    grid = Grid.of(study.ct).patient_aligned(config.orientation).with_spacing(config.spacing_mm)
     method = config.roi_method
     if method == "auto":
         method = "pet" if study.pet is not None else "ct"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+OBLIQUE_TOLERANCE = 1e-3  # direction cosines this close to a signed permutation count as axis-aligned
 INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
 
 
@@ -79,6 +80,30 @@ class Grid:
             tuple(self.spacing[a] for a in old_axes),
             tuple(float(v) for v in self.index_to_point(first_voxel)),
             tuple(float(v) for v in new_matrix.ravel()),
+        )
+
+    def patient_aligned(self, orientation: str, tolerance: float = OBLIQUE_TOLERANCE) -> Grid:
+        """`oriented(orientation)` when that is axis-aligned; for an oblique grid, the grid of the same
+        spacing whose axes are the patient's (e.g. L, P, S for "LPS") and which covers its whole box.
+
+        tolerance: direction cosines within this of a signed permutation count as axis-aligned (DICOM headers
+        carry rounding; 1e-3 tilts a 500 mm field by 0.5 mm at most).
+        """
+        oriented = self.oriented(orientation)
+        stand_in = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+        target = np.asarray(sitk.DICOMOrient(stand_in, orientation).GetDirection()).reshape(3, 3)
+        if np.abs(oriented.matrix - target).max() <= tolerance:
+            return oriented
+        in_frame = self.corners() @ target  # corners in the target axes' coordinates
+        low, high = in_frame.min(axis=0), in_frame.max(axis=0)
+        spacing = np.asarray(oriented.spacing)
+        size = np.maximum(np.ceil((high - low) / spacing - 1e-6).astype(int), 1)
+        origin = target @ (low + spacing / 2)
+        return Grid(
+            tuple(int(n) for n in size),
+            tuple(float(s) for s in spacing),
+            tuple(float(v) for v in origin),
+            tuple(float(v) for v in target.ravel()),
         )
 
     def crop(self, start_index, size) -> Grid:
