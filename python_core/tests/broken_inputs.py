@@ -142,7 +142,9 @@ def larger_ct_of_another_study(study: Path, folder: Path) -> dict:
         dataset = _new_instance(pydicom.dcmread(path))
         dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study_uid, series_uid
         dataset.FrameOfReferenceUID = frame_uid
-        position = np.array([float(v) for v in pydicom.dcmread(files[0]).ImagePositionPatient]) + number * step
+        position = (
+            np.array([float(v) for v in pydicom.dcmread(files[0]).ImagePositionPatient]) + number * step
+        )
         dataset.ImagePositionPatient = [f"{v:.4f}" for v in position]
         dataset.save_as(other / f"other{number:04d}.dcm")
     return dicom_request(dicom)
@@ -233,7 +235,9 @@ def oblique_copy(image: sitk.Image, rotation: np.ndarray, interpolator, outside:
 
 def oblique_ct(study: Path, folder: Path) -> dict:
     ct, pet = _images(study)
-    return nifti_request(folder, oblique_copy(ct, rotation_matrix(*ROTATION_DEGREES), sitk.sitkLinear, -1024.0), pet)
+    return nifti_request(
+        folder, oblique_copy(ct, rotation_matrix(*ROTATION_DEGREES), sitk.sitkLinear, -1024.0), pet
+    )
 
 
 def clinical(values: dict | bytes):
@@ -252,8 +256,7 @@ def request_fields(**fields):
     return make
 
 
-def read_only_out(study: Path, folder: Path) -> dict:
-    parent = folder / "locked"
-    parent.mkdir()
-    parent.chmod(0o500)
-    return {**intact(study, folder), "out_parent": str(parent)}
+def out_inside_a_file(study: Path, folder: Path) -> dict:
+    """`--out` under a file: it can never be created (unlike a read-only folder, even for root)."""
+    (folder / "notes.txt").write_text("not a folder")
+    return {**intact(study, folder), "out_parent": str(folder / "notes.txt" / "results")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydicom
 import SimpleITK as sitk
 from pydicom.misc import is_dicom
 
@@ -110,18 +111,21 @@ def load_study(
     clinical = ClinicalRecord.from_json(clinical_path) if clinical_path is not None else None
     ct_listing = _dicom_listing(ct_path)
     pet_listing = _dicom_listing(pet_path) if pet_path is not None else None
+    if pet_listing is not None:
+        pet_series_uid = pet_series_uid or pet_listing[2]
     if ct_listing is None:
         ct, ct_source = read_image(ct_path, "CT", ct_series_uid)
         pet_series = None
     else:
-        ct_folder, ct_all = ct_listing
+        ct_folder, ct_all, file_uid = ct_listing
+        ct_series_uid = ct_series_uid or file_uid
         pet_series = _chosen_pet(pet_listing, pet_series_uid)
         partners = [pet_series[0]] if pet_series else [s for s in ct_all if s.modality == "PT"]
         chosen, note, warning = choose_series(ct_all, "CT", ct_series_uid, str(ct_folder), partners)
         ct, ct_source = read_series(chosen, ct_folder, note, warning)
         if pet_path is None:
             pet_series = _pet_beside(chosen, ct_all, pet_series_uid, str(ct_folder))
-            pet_listing = (ct_folder, ct_all) if pet_series else None
+            pet_listing = (ct_folder, ct_all, None) if pet_series else None
         elif pet_series is not None and not chosen.shares_study_with(pet_series[0]):
             raise MAFM3Error(
                 f"The PET (study {pet_series[0].study_instance_uid}) and the CT (study "
@@ -150,23 +154,25 @@ def load_study(
     return study
 
 
-def _dicom_listing(path: str | Path) -> tuple[Path, list[DicomSeries]] | None:
-    """(folder, its DICOM series) for a DICOM folder or one DICOM file; None for an image file."""
+def _dicom_listing(path: str | Path) -> tuple[Path, list[DicomSeries], str | None] | None:
+    """(folder, its DICOM series, the SeriesInstanceUID of the file given or None for a folder) for a DICOM
+    folder or one DICOM file; None for an image file."""
     path = Path(path)
     if not path.exists():
         raise MAFM3Error(f"{path} does not exist: check the path.")
     if path.is_dir():
-        return path, dicom_series_in(path)
+        return path, dicom_series_in(path), None
     if is_image_file(path) or not is_dicom(path):
         return None
-    return path.parent, dicom_series_in(path.parent)
+    uid = pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID")
+    return path.parent, dicom_series_in(path.parent), str(uid) if uid else None
 
 
 def _chosen_pet(listing, pet_series_uid: str | None):
     """(series, note, warning) of the PET in a separately given DICOM folder or file; None otherwise."""
     if listing is None:
         return None
-    folder, series = listing
+    folder, series, _ = listing
     return choose_series(series, "PT", pet_series_uid, str(folder))
 
 

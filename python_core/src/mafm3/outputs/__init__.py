@@ -72,11 +72,13 @@ def check_output_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
     # The staging folder is made beside `out_dir`, so its parent (or the nearest folder that exists) must be
     # writable; an existing `out_dir` is replaced by a rename, which needs the same permission.
     existing = next(folder for folder in out_dir.absolute().parents if folder.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".mafm3-write-check-", dir=existing))
+    except OSError as error:
         raise MAFM3Error(
-            f"The output folder {out_dir} cannot be written ({existing} is not a writable folder); "
+            f"The output folder {out_dir} cannot be written ({existing}: {error.strerror}); "
             "choose a writable --out folder."
-        )
+        ) from error
     return out_dir
 
 
