@@ -61,7 +61,7 @@ CATALOGUE = [
     Entry(
         "ten missing slices",
         broken.missing_slices(10),
-        refused=r"a 44\.0 mm gap .* export the complete series",
+        refused=r"a gap of 44\.0 mm .* export the complete series",
     ),
     Entry("uneven spacing 4 then 6 mm", broken.uneven_spacing, warning="uneven slice spacing", labels=0.9),
     Entry("gantry tilt 15 degrees", broken.gantry_tilt, warning="gantry tilt of 15.0 degrees", labels=0.85),
@@ -92,7 +92,7 @@ CATALOGUE = [
     Entry(
         "stage T9 and sex frog",
         broken.clinical({"t_stage": "T9", "sex": "frog"}),
-        refused=r"`t_stage` must be an AJCC stage .* got 'T9'\. Clinical field `sex` must be 'M' or 'F'.* got 'frog'\.",
+        refused=r"`t_stage` must be an AJCC stage .* got 'T9'\. Clinical field `sex` must be .* got 'frog'\.",
     ),
     Entry("--sw-batch-size 0", broken.request_fields(sw_batch_size=0), refused="at least 1 window per pass"),
     Entry(

@@ -167,8 +167,9 @@ def _diagnose(
     tilt_deg = float(np.degrees(np.arctan2(np.linalg.norm(in_plane[-1]), heights[-1])))
     if steps.max() > (MAX_MISSING_SLICES + 1 + REGULAR_SPACING_RTOL) * typical:
         where = int(steps.argmax())
+        missing_there = round(multiples[where]) - 1
         raise MAFM3Error(
-            f"{name} has a {steps[where]:.1f} mm gap between two slices (about {round(multiples[where]) - 1} "
+            f"{name} has a gap of {steps[where]:.1f} mm between two slices (about {missing_there} "
             f"missing slices of {typical:.2f} mm, at {heights[where]:.1f} mm from its first slice): anatomy "
             f"there cannot be recovered; export the complete series."
         )

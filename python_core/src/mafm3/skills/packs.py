@@ -137,7 +137,6 @@ def opened_pack(path: str | Path) -> Iterator[Path]:
 
 
 def _pack_members(archive: zipfile.ZipFile, zip_name: str) -> dict[str, zipfile.ZipInfo]:
-    files = [info for info in archive.infolist() if not info.is_dir()]
     for info in archive.infolist():
         parts = PurePosixPath(info.filename).parts
         is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
@@ -152,6 +151,7 @@ def _pack_members(archive: zipfile.ZipFile, zip_name: str) -> dict[str, zipfile.
             raise MAFM3Error(
                 f"{zip_name} contains the unsafe entry {info.filename!r}; it is not a valid skill pack."
             )
+    files = [info for info in archive.infolist() if not info.is_dir()]  # (is_dir fails on an empty name)
     tops = {PurePosixPath(info.filename).parts[0] for info in files}
     prefix = f"{tops.pop()}/" if len(tops) == 1 and not any(i.filename in PACK_FILES for i in files) else ""
     members = {info.filename.removeprefix(prefix): info for info in files}
