@@ -163,6 +163,7 @@ def test_a_run_streams_progress_then_a_result_describing_the_written_outputs(ses
     assert record["segmentation"]["volumes_ml"] == pytest.approx({"GTVp": cube_ml, "GTVn": 0.0})
     assert record["prognosis"]["risk_group"] == "low"
     assert record["prognosis"]["survival_probability"] == {"1y": 0.9, "2y": 0.8}
+    assert record["warnings"] == [fake.WARNING]  # for the Slicer panel to show
 
 
 def test_the_engine_is_built_once_and_kept_warm_between_runs(session, built, ct_path, tmp_path):

@@ -55,6 +55,11 @@ def offered_skill() -> AvailableSkill:
     return AvailableSkill(zero_shot_manifest({"id": "fake-backbone", "sha256": "0" * 64}), None)
 
 
+WARNING = (
+    "The CT series held 1 duplicated slice(s) (same position, identical pixels); the copies were ignored."
+)
+
+
 class FakeEngine:
     """`available` and `run_and_write` as in `mafm3.engine.Engine`; the result tells how many runs it made."""
 
@@ -91,5 +96,6 @@ class FakeEngine:
             prognosis=PROGNOSIS,
             device=request.device or "cpu",
             backbone={"id": "fake", "runs_of_this_engine": self.runs},
+            warnings=[WARNING],
         )
         return result, write_outputs(result, out_dir, ct, overwrite=overwrite)
