@@ -38,8 +38,8 @@ class Study:
 
     sources: {"ct": source dict, "pet": source dict with "suv" (the conversion info), "clinical": path}
     (see `imaging.io` for the source dict); JSON-serialisable, for result.json.
-    checks: what the input checks measured, e.g. {"pet_ct_registration": {"overlap_fraction",
-    "body_outline_dice"}}; JSON-serialisable.
+    checks: what the input checks measured: {"pet_ct_registration": {"overlap_fraction", "body_outline_dice",
+    "best_fit_shift_mm"}} with a PET (`validation.registration_check`); JSON-serialisable.
     warnings: one sentence each: what was repaired or looks wrong but did not stop the run.
     """
 
