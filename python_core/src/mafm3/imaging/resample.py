@@ -21,7 +21,12 @@ import numpy as np
 import SimpleITK as sitk
 
 OBLIQUE_TOLERANCE = 1e-3  # direction cosines this close to a signed permutation count as axis-aligned
-INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
+INTERPOLATORS = {
+    "linear": sitk.sitkLinear,
+    "nearest": sitk.sitkNearestNeighbor,
+    "bspline": sitk.sitkBSpline,
+    "label": sitk.sitkLabelGaussian,  # label maps onto a rotated grid: smooth boundaries, no staircase
+}
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,8 @@ def resample_onto(
 ) -> sitk.Image:
     """`image` sampled at the voxel centres of `reference` (same pixel type as `image`).
 
-    interpolator: "linear", "nearest" (labels: exact) or "bspline" (SimpleITK only).
+    interpolator: "linear", "nearest" (labels: exact), "bspline" or "label" (label maps onto a rotated grid:
+        SimpleITK's label-Gaussian interpolation).
     default_value: the value of grid voxels outside `image` (-1024 for CT, 0 for PET and labels); a voxel is
         outside when its centre is more than half a voxel beyond the image's end voxels.
     """
