@@ -9,19 +9,22 @@ file order or InstanceNumber, and:
 
 | what the positions show | what happens |
 |---|---|
-| evenly spaced along the normal (highdicom `get_volume_positions`) | read as it is |
+| evenly spaced along the normal (steps within 1 %, in-plane shifts under 0.05 mm) | read as it is |
 | a slice repeated at one position with identical pixels | the copy is dropped, with a warning |
 | slices at one position with different pixels (two acquisitions mixed) | refused |
 | up to `MAX_MISSING_SLICES` missing in a row, uneven spacing, gantry tilt | resampled (below), warned |
 | a longer gap (a step over 3 typical steps), slices with different orientations | refused |
 
-A repaired stack is resampled onto a regular grid from the slices' true positions: linear along the
-normal, each slice shifted in-plane by its own offset. The regular grid keeps the series' row and column
-directions and pixel spacing, takes the slice normal as its third axis and the typical (median) slice step as
-its spacing (the smallest one, at least half the median, when steps are uneven), and covers every slice's
-in-plane footprint. This is what Slicer's
-acquisition-geometry regularisation does; SimpleITK and ITK offer no resampler for an irregular stack, so
-the interpolation along the normal is written here with scipy (`ndimage.shift` for the in-plane offsets).
+A repaired stack is resampled onto a regular grid from the slices' true positions: linear along the normal,
+each slice shifted in-plane by its own offset. The regular grid keeps the series' row and column directions
+and pixel spacing, takes the slice normal as its third axis and the typical (median) slice step as its spacing
+(the smallest one, at least half the median, when steps are uneven), and covers every slice's in-plane
+footprint. This is what Slicer's acquisition-geometry regularisation does. What libraries offer was not
+enough: ITK only warns ("Non uniform sampling or missing slices detected") and imposes one spacing;
+highdicom's `get_volume_positions` says regular or not but neither why nor how to repair, and it is an
+optional dependency here (it needs pydicom 3, Slicer 5.10 bundles pydicom 2.4); SimpleITK has no resampler for
+an irregular stack. So the diagnosis is a few lines of numpy on the positions, and the interpolation uses
+scipy (`ndimage.shift` for in-plane offsets).
 """
 
 from __future__ import annotations
@@ -31,16 +34,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from highdicom.spatial import get_volume_positions
 from scipy import ndimage
 
 from mafm3.errors import MAFM3Error
 
 MAX_MISSING_SLICES = 2  # a gap of up to 2 missing slices is interpolated; a longer one is refused
 SAME_POSITION_MM = 0.01  # slices closer than this along the normal share a position
-REGULAR_SPACING_RTOL = 0.01  # spacings within 1 % of each other are regular (highdicom's default)
-PERPENDICULAR_TOLERANCE = 1e-3  # the stacking direction may deviate this much (as 1 - cos) from the normal
-IN_PLANE_TOLERANCE_MM = 0.01
+REGULAR_SPACING_RTOL = 0.01  # steps within 1 % of the typical one are regular (highdicom's default too)
+IN_PLANE_TOLERANCE_MM = 0.05  # slices shifted in-plane by more than this: a gantry tilt
 _HEADER_TAGS = ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"]
 
 
@@ -96,12 +97,8 @@ def check_series_geometry(files: list[str], name: str) -> SeriesGeometry:
     )
     files, positions = _drop_duplicates(files, positions, normal, name, geometry)
     geometry.files = files
-    spacing, _ = get_volume_positions(
-        positions, orientations[0], rtol=REGULAR_SPACING_RTOL, perpendicular_tol=PERPENDICULAR_TOLERANCE
-    )
-    if spacing is not None:
-        return geometry
-    _diagnose(geometry, positions, row, column, normal, name)
+    if len(files) > 1:
+        _diagnose(geometry, positions, row, column, normal, name)
     return geometry
 
 
@@ -151,7 +148,8 @@ def _diagnose(
     normal: np.ndarray,
     name: str,
 ) -> None:
-    """Describe the irregular stack and choose its regular spacing; refuse a gap too long to interpolate."""
+    """Find missing slices, uneven steps and a tilt, and for an irregular stack choose its regular spacing;
+    refuse a gap too long to interpolate. A regular stack leaves `geometry` as it is."""
     offsets = positions - positions[0]
     heights = offsets @ normal
     in_plane = np.stack([offsets @ row, offsets @ column], axis=1)
@@ -173,10 +171,6 @@ def _diagnose(
             f"missing slices of {typical:.2f} mm, at {heights[where]:.1f} mm from its first slice): anatomy "
             f"there cannot be recovered; export the complete series."
         )
-    geometry.regular = False
-    geometry.normal_mm = heights
-    geometry.in_plane_mm = in_plane
-    geometry.first_position = positions[0]
     problems = []
     if missing.max() > 0:
         problems.append(f"{int(missing.sum())} missing slice(s)")
@@ -184,7 +178,13 @@ def _diagnose(
         problems.append(f"uneven slice spacing ({steps.min():.2f}-{steps.max():.2f} mm)")
     if np.abs(in_plane).max() > IN_PLANE_TOLERANCE_MM:
         problems.append(f"a gantry tilt of {tilt_deg:.1f} degrees (slices shifted in-plane)")
-    description = ", ".join(problems) or "irregular slice positions"
+    if not problems:
+        return
+    geometry.regular = False
+    geometry.normal_mm = heights
+    geometry.in_plane_mm = in_plane
+    geometry.first_position = positions[0]
+    description = ", ".join(problems)
     geometry.warnings.append(
         f"{name} has {description}: it was resampled onto a regular {spacing:.2f} mm grid from the slices' "
         f"true positions, and the results lie on that grid."
