@@ -1,4 +1,8 @@
-"""Reading and writing images: file formats keep their geometry; DICOM folders give the series asked for."""
+"""Reading and writing images: file formats keep their geometry; DICOM folders give the series asked for.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from imaging_phantoms import LEFT_HANDED, OBLIQUE, make_image, write_dicom_series
 from pydicom.uid import generate_uid
-from test_imaging_fixtures import LEFT_HANDED, OBLIQUE, make_image, write_dicom_series
 
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.io import list_dicom_series, read_image, write_image

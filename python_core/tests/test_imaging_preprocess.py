@@ -1,11 +1,15 @@
-"""Preprocessing and back: a mask drawn on the CT returns unchanged onto its grid, whatever its geometry."""
+"""Preprocessing and back: a mask drawn on the CT returns unchanged onto its grid, whatever its geometry.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_imaging_fixtures import (
+from imaging_phantoms import (
     FLIPPED,
     LEFT_HANDED,
     OBLIQUE,

@@ -6,8 +6,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from imaging_phantoms import write_dicom_series
 from pydicom.uid import generate_uid
-from test_imaging_fixtures import write_dicom_series
 
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.io import read_image

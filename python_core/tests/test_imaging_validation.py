@@ -1,11 +1,15 @@
-"""Each input the skills cannot handle is refused with its own one-sentence `MAFM3Error`; good inputs pass."""
+"""Each input the skills cannot handle is refused with its own one-sentence `MAFM3Error`; good inputs pass.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_imaging_fixtures import OBLIQUE, ct_phantom, make_image, origin_for_centre, pet_phantom
+from imaging_phantoms import OBLIQUE, ct_phantom, make_image, origin_for_centre, pet_phantom
 
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.study import Study

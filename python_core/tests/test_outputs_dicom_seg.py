@@ -2,6 +2,9 @@
 
 Oracle: the tumour balls are defined in physical LPS space; the expected mask of each CT slice is computed
 from that slice's own DICOM header (position, orientation, pixel spacing), independently of the label grid.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
 """
 
 from __future__ import annotations

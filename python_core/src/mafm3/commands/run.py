@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 
-from mafm3.skills import TASKS
+from mafm3.tasks import TASKS
 
 HELP = "run skills on one study (CT, optional PET and clinical data) and write the results"
 

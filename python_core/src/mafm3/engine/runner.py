@@ -1,6 +1,6 @@
 """The engine: one study in, a `StudyResult` out, with backbones and skills kept warm between studies.
 
-Flow (DESIGN.md): read the study -> choose the skills (registry) -> for each distinct preprocessing, prepare
+Flow: read the study -> choose the skills (registry) -> for each distinct preprocessing, prepare
 the input once -> activate each skill on its shared backbone (no reload) -> infer -> labels back onto the CT's
 own grid, prognosis and classification read out -> `StudyResult`; `run_and_write` adds the writers.
 """
@@ -25,10 +25,10 @@ from mafm3.imaging.preprocess import PreparedInput, PreprocessingConfig, labels_
 from mafm3.imaging.study import Study, load_study
 from mafm3.progress import ProgressCallback, silent_progress
 from mafm3.results import ClassificationResult, PrognosisResult, SegmentationResult, StudyResult
-from mafm3.skills import TASKS
 from mafm3.skills.packs import LoadedSkill, load_skill
 from mafm3.skills.registry import AvailableSkill, choose_skill, installed_and_shipped_skills
 from mafm3.skills.text_side import load_clip_text, load_text_encoder
+from mafm3.tasks import TASKS
 
 
 @dataclass

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 from mafm3.config import backbones_dir, bundled_backbones_dir, bundled_skills_dir, skills_dir
 from mafm3.errors import MAFM3Error
-from mafm3.skills.backbone import file_sha256, read_manifest
+from mafm3.files import atomic_folder, file_sha256
+from mafm3.skills.backbone import read_manifest
 from mafm3.skills.manifest import MANIFEST_FILE, WEIGHTS_FILE, SkillManifest
 
 if TYPE_CHECKING:
@@ -73,9 +74,7 @@ def export_pack(
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise MAFM3Error(f"{folder} already exists and is not empty; export the skill pack to a new folder.")
     tensors = {key: value.detach().cpu().contiguous() for key, value in skill.skill_state_dict().items()}
-    partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    try:
-        partial.mkdir(parents=True)
+    with atomic_folder(folder) as partial:
         save_file(tensors, partial / WEIGHTS_FILE, metadata={"format": "pt", "skill": skill.name})
         manifest = SkillManifest(
             id=skill.name,
@@ -96,11 +95,6 @@ def export_pack(
             demo=preset.demo,
         )
         manifest.write(partial)
-        if folder.exists():
-            folder.rmdir()
-        partial.rename(folder)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return manifest
 
 
@@ -246,15 +240,10 @@ def install_pack(
                 f"Skill {manifest.id} {manifest.version} is already installed in {target}; remove it first "
                 f"(`mafm3 skill remove {manifest.id} --version {manifest.version}`)."
             )
-        partial = root / f".{manifest.folder_name}.partial-{os.getpid()}"
-        try:
-            partial.mkdir(parents=True)
+        with atomic_folder(target) as partial:
             for name in PACK_FILES:
                 shutil.copyfile(folder / name, partial / name)
             verify_pack(partial)
-            partial.rename(target)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
     return manifest, target
 
 

@@ -32,6 +32,7 @@ from mafm3.imaging.io import read_image
 from mafm3.progress import ProgressCallback, silent_progress
 from mafm3.skills.packs import resolve_pack
 from mafm3.skills.registry import AvailableSkill
+from mafm3.tasks import TRAINABLE_TASKS
 from mafm3.training.datasets import Case, Cohort, load_cohort
 from mafm3.training.metrics import (
     image_case_metrics,
@@ -41,8 +42,6 @@ from mafm3.training.metrics import (
 )
 from mafm3.training.model_space import case_study, dataset_record
 from mafm3.training.splits import Splits
-
-TASKS = ("segmentation", "prognosis")
 
 
 class _PackEngine(Engine):
@@ -82,7 +81,7 @@ def evaluate(
             manifest = pack.to_dict()
             predict = _engine_predictor(AvailableSkill(pack, Path(folder)), device, precision)
         task = manifest["task"]
-        if task not in TASKS:
+        if task not in TRAINABLE_TASKS:
             raise MAFM3Error(
                 f"Skill {manifest['id']} does {task}; `mafm3 eval` measures segmentation or prognosis."
             )
