@@ -13,10 +13,11 @@ import threading
 from dataclasses import replace
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
-from imaging_phantoms import tumour_mask
+from imaging_phantoms import differs_only_on_label_boundaries, tumour_mask
 from tiny_models import export, tiny_preset
 
 from mafm3.cli import main
@@ -181,6 +182,53 @@ def test_a_device_that_is_not_there_is_refused(installed_skills, study_files):
     _, ct_path, _ = study_files
     with pytest.raises(MAFM3Error, match="mafm3 doctor"):
         Engine("cuda").run(RunRequest(ct=str(ct_path), skills=["tiny-seg-ct"]))
+
+
+def test_an_oblique_ct_reaches_the_model_in_the_patients_axes_and_returns_on_its_own_grid(
+    installed_skills, study_files, monkeypatch
+):
+    ct, ct_path, _ = study_files
+    assert np.abs(np.array(ct.GetDirection()) - np.eye(3).ravel()).max() > 0.1  # the phantom is oblique
+    mask = tumour_mask(ct)
+    seen = {}
+
+    def pass_through(skill, prepared, window, **kwargs):
+        seen["direction"] = prepared.grid.direction
+        return to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")
+
+    monkeypatch.setattr(engine_runner, "segment", pass_through)
+    result, _ = engine().run(RunRequest(ct=str(ct_path), skills=["tiny-seg-ct"]))
+    assert seen["direction"] == tuple(np.eye(3).ravel())  # L, P, S: as the skills were trained
+    labels = result.segmentation.labels
+    assert labels.GetDirection() == ct.GetDirection() and labels.GetOrigin() == ct.GetOrigin()
+    assert differs_only_on_label_boundaries(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(mask))
+
+
+def test_a_sliding_window_batch_below_one_is_refused_in_one_sentence(study_files, tmp_path, capsys):
+    _, ct_path, _ = study_files
+    for given in ("0", "-2"):
+        with pytest.raises(SystemExit) as exit_code:
+            main(["run", "--ct", str(ct_path), "--out", str(tmp_path / "out"), "--sw-batch-size", given])
+        assert exit_code.value.code == 2 and f"must be at least 1, got {given}" in capsys.readouterr().err
+    with pytest.raises(
+        MAFM3Error, match=r"^The sliding-window batch size must be at least 1 window per pass"
+    ):
+        RunRequest(ct=str(ct_path), sw_batch_size=0)  # the worker's path: params become a RunRequest
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_ct_series_option_picks_the_series_among_several(tmp_path):
+    from imaging_phantoms import write_dicom_series
+
+    values = np.full((20, 20, 20), 40.0)
+    values[:, :, :3] = -1000.0
+    for name, slices in (("big", 20), ("small", 18)):
+        write_dicom_series(tmp_path / name, values[:slices], (1.0, 1.0, 2.0), (0, 0, 0), np.eye(3), "CT")
+    small_uid = str(pydicom.dcmread(next((tmp_path / "small").iterdir())).SeriesInstanceUID)
+    study = engine().load(RunRequest(ct=str(tmp_path), ct_series_uid=small_uid))
+    assert study.ct.GetSize()[2] == 18 and study.sources["ct"]["series_instance_uid"] == small_uid
+    study = engine().load(RunRequest(ct=str(tmp_path)))
+    assert study.ct.GetSize()[2] == 20 and "choose another with --ct-series UID" in study.warnings[0]
 
 
 def test_the_engine_skips_empty_windows_over_a_fitted_box_unless_asked_for_dense(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from tiny_models import export, tiny_preset, trained_skill
 
 from mafm3.cli import main
-from mafm3.config import skills_dir
+from mafm3.config import bundled_skills_dir, skills_dir
 from mafm3.errors import MAFM3Error
 from mafm3.model.skill_model import build_skill_model
 from mafm3.skills.backbone import load_backbone
@@ -214,3 +215,37 @@ def test_skill_commands_install_list_describe_and_remove(backbone_manifest, tmp_
     assert "already installed" in capsys.readouterr().err
     assert main(["skill", "remove", "tiny-seg"]) == 0
     assert installed() == []
+
+
+def test_a_zip_with_an_empty_member_name_is_refused_in_one_sentence(home, tmp_path):
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(broken, "w") as archive:
+        archive.writestr("manifest.json", "{}")
+        archive.writestr(zipfile.ZipInfo(""), b"x")
+    with pytest.raises(
+        MAFM3Error, match=r"^broken\.zip contains the unsafe entry ''; it is not a valid skill pack\.$"
+    ):
+        install_pack(broken)
+    assert installed() == []
+
+
+def test_shipped_packs_are_already_available_and_packs_for_the_shipped_backbone_install(
+    home, tmp_path, capsys
+):
+    shipped = bundled_skills_dir() / "demo-seg-petct-1.0.0"
+    for given in (str(zip_pack(shipped, tmp_path / "demo.zip")), "demo-seg-petct"):
+        assert main(["skill", "install", given]) == 0
+        assert "demo-seg-petct 1.0.0 is shipped with mafm3 and already available" in capsys.readouterr().out
+    assert installed() == []
+    newer = tmp_path / "newer"  # a new version trained on the shipped demo backbone
+    shutil.copytree(shipped, newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps({**manifest, "version": "1.0.1"}))
+    assert main(["skill", "install", str(newer)]) == 0
+    assert "installed demo-seg-petct 1.0.1" in capsys.readouterr().out and installed() == [
+        "demo-seg-petct-1.0.1"
+    ]
+    assert main(["skill", "info", "demo-seg-ct", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == "demo-seg-ct"
+    assert main(["skill", "remove", "demo-seg-ct"]) == 1
+    assert "shipped with mafm3, not installed, so it cannot be removed" in capsys.readouterr().err

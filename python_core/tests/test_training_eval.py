@@ -180,3 +180,19 @@ def test_the_unetr_baseline_trains_on_the_same_data_and_is_evaluated_side_by_sid
     assert summary["skill"]["baseline"] == "unetr"
     test_ids = skill["training"]["split"]["folds"][0]["test_ids"]
     assert [row["case_id"] for row in read_rows(tmp_path / "unetr_per_case.csv")] == test_ids
+
+
+@pytest.mark.slow
+def test_eval_takes_a_shipped_skill_id_and_names_the_cases_it_skipped(tmp_path, monkeypatch, capsys):
+    from mafm3.demo.writers import write_cohort
+
+    monkeypatch.setenv("MAFM3_HOME", str(tmp_path / "home"))  # nothing installed: the id is a shipped one
+    ids = write_cohort(2, 5, tmp_path / "cohort", "tiny")
+    (tmp_path / "cohort" / "labelsTr" / f"{ids[1]}.nii.gz").unlink()
+    out = tmp_path / "metrics.json"
+    command = ["eval", "--dataset", str(tmp_path / "cohort"), "--skill", "demo-seg-petct", "--out", str(out)]
+    assert main([*command, *EVAL[:-1]]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["skill"]["id"] == "demo-seg-petct" and summary["metrics"]["n_cases"] == 1
+    assert summary["skipped_cases"] == [{"case_id": ids[1], "reason": "no label file"}]
+    assert f"skipped 1 case(s): {ids[1]} (no label file)" in capsys.readouterr().out

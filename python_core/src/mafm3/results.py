@@ -143,7 +143,11 @@ class ClassificationResult:
 
 @dataclass
 class StudyResult:
-    """Everything one `mafm3 run` produced for one study."""
+    """Everything one `mafm3 run` produced for one study.
+
+    warnings: one sentence each: what was repaired in the inputs or looks doubtful (a PET that seems shifted
+    against its CT), for the CLI summary, result.json, the report, the worker's result and the Slicer panel.
+    """
 
     inputs: dict
     segmentation: SegmentationResult | None = None
@@ -154,3 +158,4 @@ class StudyResult:
     backbone: dict = field(default_factory=dict)
     demo: bool = False
     peak_rss_gb: float | None = None
+    warnings: list[str] = field(default_factory=list)

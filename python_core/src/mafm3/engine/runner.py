@@ -39,6 +39,8 @@ class RunRequest:
     skills: explicit skill ids (each runs its own task); empty -> one skill per task in `tasks`, chosen from
     the images at hand (the PET/CT skill when a PET is given, else the CT skill).
     overlap: sliding-window overlap in [0, 1); None takes the skill's own.
+    sw_batch_size: windows per forward pass, at least 1.
+    ct_series_uid / pet_series_uid: which DICOM series to read when a folder holds several.
     dense: decode every window of the whole ROI box (the baseline); by default only windows holding body or
     PET uptake are decoded, over the box fitted to them (`inference.sliding_window_labels`).
     """
@@ -55,6 +57,18 @@ class RunRequest:
     pet_scale: float | None = None
     device: str | None = None
     precision: str = "auto"
+    ct_series_uid: str | None = None
+    pet_series_uid: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sw_batch_size, bool) or not isinstance(self.sw_batch_size, int):
+            raise MAFM3Error(
+                f"The sliding-window batch size must be a whole number, got {self.sw_batch_size!r}."
+            )
+        if self.sw_batch_size < 1:
+            raise MAFM3Error(
+                f"The sliding-window batch size must be at least 1 window per pass, got {self.sw_batch_size}."
+            )
 
 
 class Engine:
@@ -140,6 +154,8 @@ class Engine:
             request.clinical,
             pet_units=request.pet_units,
             pet_scale=request.pet_scale,
+            ct_series_uid=request.ct_series_uid,
+            pet_series_uid=request.pet_series_uid,
             progress=progress,
         )
 
@@ -166,7 +182,9 @@ class Engine:
             study = clock.timed("read", self.load, request, progress)
         modalities = {"CT"} | ({"PET"} if study.pet is not None else set())
         chosen = self.choose(request, modalities)
-        result = StudyResult(inputs=_inputs_record(request, study), device=_device_name(device))
+        result = StudyResult(
+            inputs=_inputs_record(request, study), device=_device_name(device), warnings=list(study.warnings)
+        )
         prepared_by_config: dict[PreprocessingConfig, PreparedInput] = {}
         for number, available in enumerate(chosen):
             checkpoint()
@@ -263,6 +281,11 @@ class Engine:
         result, study = self.run(request, progress, cancel)
         if cancel is not None and cancel.is_set():
             raise Cancelled
+        if dicom_seg and study.sources.get("ct", {}).get("geometry", {}).get("regularised"):
+            raise MAFM3Error(
+                "A DICOM SEG must lie on the CT's own slices, but this CT series was resampled onto a "
+                "regular grid (see the warnings); drop --dicom-seg and use the .seg.nrrd or labels file."
+            )
         progress("write", 0.0, f"writing {out_dir}")
         started = time.perf_counter()
         ct_files = study.sources.get("ct", {}).get("files") if dicom_seg else None
@@ -290,6 +313,7 @@ def _inputs_record(request: RunRequest, study: Study) -> dict:
         "ct": _image_record(study.ct),
         "pet": _image_record(study.pet) if study.pet is not None else None,
         "clinical": study.clinical.to_dict() if study.clinical is not None else None,
+        "checks": study.checks,
         "mafm3": __version__,
     }
 

@@ -4,7 +4,8 @@ prognosis.json: {skill: {id, version}, risk, risk_group, survival_curve: {times_
 survival_probability: {"1y", "2y", "3y", "5y"}, demo[, disclaimer]}.
 result.json: {mafm3_version, demo[, disclaimer], inputs, skills: [{task, id, version}], backbone, device,
 timings_s, peak_rss_gb, segmentation: {skill, segments, volumes_ml} | null, prognosis | null,
-classification: {skill, probabilities} | null, outputs: [file names in the output folder]}.
+classification: {skill, probabilities} | null, warnings: [one sentence each], outputs: [file names in the
+output folder]}.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def result_record(study: StudyResult, output_files: Sequence[str] = ()) -> dict:
         "classification": None
         if study.classification is None
         else {"skill": _skill(study.classification), "probabilities": study.classification.probabilities},
+        "warnings": list(study.warnings),
         "outputs": list(output_files),
     }
     return record

@@ -37,8 +37,7 @@ def resolve_source(options: TrainOptions) -> SkillSource:
     """The preset (registered or from a file) or pack to fine-tune that `options` name, with the new pack's id
     and version; refuses a task, modalities, id or version that do not fit."""
     from mafm3.model.skill_model import SkillConfig
-    from mafm3.skills.packs import verify_pack
-    from mafm3.training.evaluation import resolve_pack
+    from mafm3.skills.packs import resolve_pack, verify_pack
 
     modalities = tuple(m.upper() for m in options.modalities) if options.modalities else None
     if options.baseline not in (None, "unetr"):
