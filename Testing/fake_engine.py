@@ -54,7 +54,18 @@ def fake_label_map(ct: sitk.Image, labels: dict[str, int]) -> sitk.Image:
 
 
 class FakeEngine:
-    def run_and_write(self, request, out_dir, *, overwrite=False, dicom_seg=False, progress, cancel=None):
+    def run_and_write(
+        self,
+        request,
+        out_dir,
+        *,
+        overwrite=False,
+        dicom_seg=False,
+        rtstruct=False,
+        sr=False,
+        progress,
+        cancel=None,
+    ):
         skill_ids = list(request.skills)
         if any("crash" in skill_id for skill_id in skill_ids):
             os._exit(CRASH_CODE)

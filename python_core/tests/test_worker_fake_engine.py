@@ -64,7 +64,18 @@ class FakeEngine:
     def available(self) -> list[AvailableSkill]:
         return [offered_skill()]
 
-    def run_and_write(self, request, out_dir, *, overwrite=False, dicom_seg=False, progress, cancel=None):
+    def run_and_write(
+        self,
+        request,
+        out_dir,
+        *,
+        overwrite=False,
+        dicom_seg=False,
+        rtstruct=False,
+        sr=False,
+        progress,
+        cancel=None,
+    ):
         self.runs += 1
         print(STDOUT_NOISE)
         os.write(1, f"{STDOUT_NOISE} (file descriptor 1)\n".encode())

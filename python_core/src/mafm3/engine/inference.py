@@ -1,7 +1,8 @@
 """Running one activated skill on one prepared input: sliding windows for segmentation, one pass otherwise.
 
 Everything runs under `torch.inference_mode` with optional autocast; segmentation is argmaxed on the device
-and comes back as uint8 labels in model space (T, H, W), never as float class maps.
+and comes back as uint8 labels in model space (T, H, W) with the normalised entropy of the blended class
+probabilities as its uncertainty map, never as float class maps.
 """
 
 from __future__ import annotations
@@ -60,6 +61,32 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+def sliding_window_logits(
+    network: Callable[[torch.Tensor], torch.Tensor],
+    image: np.ndarray,
+    window: tuple[int, ...],
+    *,
+    overlap: float,
+    sw_batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """Blended class logits (1, classes, T, H, W) float32 on `device` of a model-space image (C, T, H, W):
+    Gaussian-blended sliding windows of `network` (crops (N, C, *window) -> logits (N, classes, *window))."""
+    if not 0 <= overlap < 1:
+        raise MAFM3Error(f"The window overlap must be at least 0 and below 1, got {overlap}.")
+    volume = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0).to(device)
+    with torch.inference_mode(), autocast(device, dtype):
+        return sliding_window_inference(
+            volume,
+            list(window),
+            sw_batch_size,
+            lambda crops: network(crops).float(),
+            overlap=overlap,
+            mode="gaussian",
+        )
+
+
 def sliding_window_labels(
     network: Callable[[torch.Tensor], torch.Tensor],
     image: np.ndarray,
@@ -70,21 +97,21 @@ def sliding_window_labels(
     device: torch.device,
     dtype: torch.dtype | None,
 ) -> np.ndarray:
-    """Labels (T, H, W) uint8 of a model-space image (C, T, H, W): Gaussian-blended sliding windows of
-    `network` (crops (N, C, *window) -> logits (N, classes, *window)), argmax on the device."""
-    if not 0 <= overlap < 1:
-        raise MAFM3Error(f"The window overlap must be at least 0 and below 1, got {overlap}.")
-    volume = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0).to(device)
-    with torch.inference_mode(), autocast(device, dtype):
-        logits = sliding_window_inference(
-            volume,
-            list(window),
-            sw_batch_size,
-            lambda crops: network(crops).float(),
-            overlap=overlap,
-            mode="gaussian",
-        )
-        return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+    """Labels (T, H, W) uint8: the argmax on the device of `sliding_window_logits` (same arguments)."""
+    logits = sliding_window_logits(
+        network, image, window, overlap=overlap, sw_batch_size=sw_batch_size, device=device, dtype=dtype
+    )
+    return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+
+
+def labels_and_uncertainty(logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (T, H, W) uint8 and the normalised entropy of the class probabilities (T, H, W) float32 in
+    [0, 1] (0: one class is certain, 1: all equally likely) of blended logits (1, classes, T, H, W)."""
+    with torch.inference_mode():
+        log_p = torch.log_softmax(logits[0], dim=0)
+        entropy = -(log_p.exp() * log_p).sum(dim=0) / math.log(logits.shape[1])
+        labels = logits[0].argmax(dim=0).to(torch.uint8)
+        return labels.cpu().numpy(), entropy.clamp_(0.0, 1.0).cpu().numpy()
 
 
 def segment(
@@ -99,9 +126,11 @@ def segment(
     clock: StageClock,
     progress: ProgressCallback,
     cancel: threading.Event | None,
-) -> np.ndarray:
-    """`sliding_window_labels` of a skill, with the backbone and the decoder timed apart, progress per window
-    batch, and a check for cancellation before each batch."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """`labels_and_uncertainty` of a skill's `sliding_window_logits`, with the backbone and the decoder timed
+    apart, progress per window batch, and a check for cancellation before each batch.
+
+    Returns labels (T, H, W) uint8 and uncertainty (T, H, W) float32 in [0, 1]."""
     total = math.ceil(window_count(prepared.shape, window, overlap) / sw_batch_size)
     done = 0
 
@@ -115,7 +144,7 @@ def segment(
         progress("inference", min(done / total, 1.0), f"{skill.name}: window batch {done} of {total}")
         return logits
 
-    return sliding_window_labels(
+    logits = sliding_window_logits(
         predictor,
         prepared.array,
         window,
@@ -124,6 +153,7 @@ def segment(
         device=device,
         dtype=dtype,
     )
+    return labels_and_uncertainty(logits)
 
 
 def prognose(

@@ -14,18 +14,30 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import SimpleITK as sitk
 import torch
 
 from mafm3 import __version__
 from mafm3.engine.backbones import BackboneCache, LoadedBackbone, find_backbone
 from mafm3.engine.device import autocast_dtype, resolve_device
 from mafm3.engine.inference import SW_BATCH_SIZE, Cancelled, StageClock, classify, prognose, segment
+from mafm3.engine.quality import qc_flags
 from mafm3.errors import MAFM3Error
-from mafm3.imaging.preprocess import PreparedInput, PreprocessingConfig, labels_to_ct_grid, prepare_input
+from mafm3.imaging.measurements import measure_lesions
+from mafm3.imaging.postprocess import remove_false_positives
+from mafm3.imaging.preprocess import (
+    PreparedInput,
+    PreprocessingConfig,
+    labels_to_ct_grid,
+    model_array_to_ct_grid,
+    prepare_input,
+)
 from mafm3.imaging.study import Study, load_study
 from mafm3.progress import ProgressCallback, silent_progress
 from mafm3.results import ClassificationResult, PrognosisResult, SegmentationResult, StudyResult
 from mafm3.skills import TASKS
+from mafm3.skills.manifest import PostprocessingConfig
 from mafm3.skills.packs import LoadedSkill, load_skill
 from mafm3.skills.registry import AvailableSkill, choose_skill, installed_and_shipped_skills
 from mafm3.skills.text_side import load_clip_text, load_text_encoder
@@ -193,7 +205,7 @@ class Engine:
         if manifest.task == "segmentation":
             window = tuple(manifest.inference["window_voxels"])
             overlap = manifest.inference.get("overlap", 0.25) if request.overlap is None else request.overlap
-            labels = segment(
+            labels, uncertainty = segment(
                 model,
                 prepared,
                 window,
@@ -205,9 +217,9 @@ class Engine:
                 progress=progress,
                 cancel=cancel,
             )
-            on_ct = clock.timed("postprocess", labels_to_ct_grid, labels, prepared, study.ct)
-            segments = manifest.segments()
-            result.segmentation = SegmentationResult(on_ct, segments, manifest.id, manifest.version)
+            result.segmentation = clock.timed(
+                "postprocess", segmentation_on_ct, labels, uncertainty, prepared, study, manifest
+            )
             return
         _check_input_size(manifest, prepared)
         if manifest.task == "prognosis":
@@ -233,6 +245,8 @@ class Engine:
         *,
         overwrite: bool = False,
         dicom_seg: bool = False,
+        rtstruct: bool = False,
+        sr: bool = False,
         progress: ProgressCallback = silent_progress,
         cancel: threading.Event | None = None,
     ) -> tuple[StudyResult, list[Path]]:
@@ -245,13 +259,58 @@ class Engine:
             raise Cancelled
         progress("write", 0.0, f"writing {out_dir}")
         started = time.perf_counter()
-        ct_files = study.sources.get("ct", {}).get("files") if dicom_seg else None
+        ct_files = study.sources.get("ct", {}).get("files") if dicom_seg or rtstruct or sr else None
         files = write_outputs(
-            result, out_dir, study.ct, study.pet, ct_files, dicom_seg=dicom_seg, overwrite=overwrite
+            result,
+            out_dir,
+            study.ct,
+            study.pet,
+            ct_files,
+            dicom_seg=dicom_seg,
+            rtstruct=rtstruct,
+            sr=sr,
+            overwrite=overwrite,
         )
         result.timings_s["write"] = round(time.perf_counter() - started, 4)
         progress("write", 1.0, "done")
         return result, files
+
+
+def uncertainty_percent(uncertainty: sitk.Image) -> sitk.Image:
+    """A 0..1 uncertainty map as uint8 percent (rounded): 1 byte a voxel, and a file that compresses (float
+    entropy noise does not: 9 MB against a few hundred kB for the demo study)."""
+    return sitk.Cast(uncertainty * 100.0 + 0.5, sitk.sitkUInt8)
+
+
+def segmentation_on_ct(
+    labels: np.ndarray, uncertainty: np.ndarray, prepared: PreparedInput, study: Study, manifest
+) -> SegmentationResult:
+    """Model-space labels and uncertainty (T, H, W) -> the CT's grid; the skill's postprocessing, the lesion
+    measurements (with the PET's SUV when there is one) and the QC flags."""
+    labels_ct = labels_to_ct_grid(labels, prepared, study.ct)
+    uncertainty_ct = uncertainty_percent(model_array_to_ct_grid(uncertainty, prepared, study.ct, "linear"))
+    config = PostprocessingConfig.from_dict(manifest.postprocessing)
+    labels_ct, removed = remove_false_positives(
+        labels_ct,
+        min_component_ml=config.min_component_ml,
+        min_component_suv_max=config.min_component_suv_max,
+        suv=study.pet,
+    )
+    segments = manifest.segments()
+    result = SegmentationResult(
+        labels_ct,
+        segments,
+        manifest.id,
+        manifest.version,
+        uncertainty=uncertainty_ct,
+        measurements=measure_lesions(
+            labels_ct, [spec.label for spec in segments], study.ct, study.pet, uncertainty_ct
+        ),
+        postprocessing=config.to_dict(),
+        removed=[component.to_dict() for component in removed],
+    )
+    result.qc_flags = qc_flags(result, prepared.grid, study.clinical)
+    return result
 
 
 def _check_input_size(manifest, prepared: PreparedInput) -> None:

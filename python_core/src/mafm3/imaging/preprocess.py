@@ -226,11 +226,22 @@ def labels_to_ct_grid(labels: np.ndarray, prepared: PreparedInput, original_ct: 
 
     Nearest neighbour; voxels outside the ROI box get 0 (background). Returns a uint8 label image.
     """
-    if labels.shape != prepared.shape:
-        raise ValueError(f"`labels` has shape {labels.shape}, the model arrays are {prepared.shape}")
-    array_zyx = np.ascontiguousarray(labels.transpose(np.argsort(_to_model_axes(prepared.axis_order))))
-    on_box = prepared.grid.image_from_array(array_zyx.astype(np.uint8, copy=False))
-    return resample_onto(on_box, original_ct, "nearest", 0)
+    return model_array_to_ct_grid(labels.astype(np.uint8, copy=False), prepared, original_ct, "nearest")
+
+
+def model_array_to_ct_grid(
+    array: np.ndarray,
+    prepared: PreparedInput,
+    original_ct: sitk.Image,
+    interpolator: str,
+    default_value: float = 0.0,
+) -> sitk.Image:
+    """A model-space map (T, H, W) back onto the original CT's grid, keeping its pixel type; voxels outside
+    the ROI box get `default_value`. "nearest" for labels, "linear" for continuous maps (uncertainty)."""
+    if array.shape != prepared.shape:
+        raise ValueError(f"`array` has shape {array.shape}, the model arrays are {prepared.shape}")
+    array_zyx = np.ascontiguousarray(array.transpose(np.argsort(_to_model_axes(prepared.axis_order))))
+    return resample_onto(prepared.grid.image_from_array(array_zyx), original_ct, interpolator, default_value)
 
 
 def normalise(array: np.ndarray, method: str, window: tuple[float, float]) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicerio
 
+from mafm3.imaging import write_image
 from mafm3.results import SegmentationResult, SegmentSpec
 
 # The DICOM master list context: Slicer's terminology module holds H&N neoplasm codes under this name.
@@ -110,3 +111,10 @@ def write_label_map(result: SegmentationResult, path: str | Path) -> Path:
     label_statistics(result)
     sitk.WriteImage(result.labels, str(path), useCompression=True)
     return path
+
+
+def write_uncertainty_map(result: SegmentationResult, path: str | Path) -> Path:
+    """Write the uncertainty map (normalised entropy in percent, uint8, CT grid) as a compressed image."""
+    if result.uncertainty is None:
+        raise ValueError("the segmentation result has no uncertainty map")
+    return write_image(result.uncertainty, path)
