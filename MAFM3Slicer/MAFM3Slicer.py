@@ -43,6 +43,7 @@ from MAFM3SlicerLib.clinical import (
     clinical_record,
     panel_values,
 )
+from MAFM3SlicerLib.clinical_outputs import export_rtstruct
 from MAFM3SlicerLib.commands import add_case_command, run_command, skill_install_command, worker_python
 from MAFM3SlicerLib.demo_study import (
     CLINICAL_ATTRIBUTE,
@@ -224,6 +225,7 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showSurvivalCurveButton.connect("clicked(bool)", self.onShowSurvivalCurve)
         self.ui.importSkillPackButton.connect("clicked(bool)", self.onImportSkillPack)
         self.ui.saveCaseButton.connect("clicked(bool)", self.onSaveCase)
+        self.ui.exportRtstructButton.connect("clicked(bool)", self.onExportRtstruct)
         self.ui.resultsBrowser.setOpenExternalLinks(True)
         self.loadSkills()
         self.initializeParameterNode()
@@ -513,6 +515,12 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parameters.prognosisTable = imported.prognosis.table
             parameters.survivalChart = imported.prognosis.chart
             slicer.modules.plots.logic().ShowChartInLayout(imported.prognosis.chart)
+        lines += [_("QC: {flag}").format(flag=flag) for flag in imported.qc_flags]
+        if imported.uncertainty is not None:
+            slicer.util.setSliceViewerLayers(foreground=imported.uncertainty, foregroundOpacity=0.4)
+        if imported.measurements is not None:
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(imported.measurements.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
         classification = record.get("classification")
         if classification:
             ranked = sorted(classification["probabilities"].items(), key=lambda item: -item[1])
@@ -551,6 +559,19 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("The skill pack was not installed."), waitCursor=True):
             self.ui.statusLabel.text = self.logic.installSkillPack(path).strip()
             self.loadSkills()
+
+    def onExportRtstruct(self) -> None:
+        import qt
+
+        parameters = self._parameterNode
+        if parameters.inputCT is None or parameters.outputSegmentation is None:
+            slicer.util.errorDisplay(_("Select the CT and the segmentation to export."))
+            return
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Folder for the RTSTRUCT"))
+        if folder:
+            with slicer.util.tryWithErrorDisplay(_("The RTSTRUCT was not written."), waitCursor=True):
+                written = self.logic.exportRtstruct(parameters.outputSegmentation, parameters.inputCT, folder)
+                self.ui.statusLabel.text = _("RTSTRUCT written to {path}.").format(path=written)
 
     def onSaveCase(self) -> None:
         import qt
@@ -786,6 +807,24 @@ class MAFM3SlicerLogic(ScriptedLoadableModuleLogic):
         """Install a skill pack (a .zip, or a pack folder's manifest.json); returns the core's message."""
         return run_command(
             skill_install_command(self.pythonExecutable, pack_path(selectedPath)), env=self.workerEnvironment
+        )
+
+    def exportRtstruct(self, segmentationNode, ctNode, outDir) -> Path:
+        """RTSTRUCT of GTVp/GTVn: through SlicerRT when installed, else the core (`clinical_outputs`)."""
+        try:
+            import DicomRtImportExportPlugin  # SlicerRT's DICOM plugin
+
+            plugin = DicomRtImportExportPlugin.DicomRtImportExportPluginClass()
+        except ImportError:
+            plugin = None
+        return export_rtstruct(
+            segmentationNode,
+            ctNode,
+            outDir,
+            slicer_rt_plugin=plugin,
+            database=getattr(slicer, "dicomDatabase", None),
+            python=self.pythonExecutable,
+            run=lambda command: run_command(command, env=self.workerEnvironment),
         )
 
     def saveCaseToDataset(

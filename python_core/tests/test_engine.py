@@ -23,7 +23,7 @@ from mafm3.cli import main
 from mafm3.engine import Cancelled, Engine, RunRequest
 from mafm3.engine import runner as engine_runner
 from mafm3.errors import MAFM3Error
-from mafm3.imaging.preprocess import to_model_array
+from mafm3.imaging.preprocess import PreprocessingConfig, to_model_array
 from mafm3.model.mtlr import fit_time_bins
 from mafm3.model.prognosis import PrognosisConfig
 from mafm3.model.skill_model import SkillConfig, build_skill_model
@@ -117,7 +117,9 @@ def test_segmentation_comes_back_on_the_ct_grid_exactly(installed_skills, study_
     mask = tumour_mask(ct)
 
     def pass_through(skill, prepared, window, **kwargs):  # the network replaced by the mask itself
-        return to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")
+        labels = to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")
+        uncertainty = np.where(labels == 2, np.float32(0.5), np.float32(0.0))  # unsure about the nodes only
+        return labels, uncertainty
 
     monkeypatch.setattr(engine_runner, "segment", pass_through)
     result, _ = engine().run(RunRequest(ct=str(ct_path), skills=["tiny-seg-ct"]))
@@ -130,6 +132,43 @@ def test_segmentation_comes_back_on_the_ct_grid_exactly(installed_skills, study_
     assert result.segmentation.volumes_ml() == pytest.approx(
         {"GTVp": 4 * 6 * 7 * voxel_ml, "GTVn": 32 * voxel_ml}
     )
+    uncertainty = result.segmentation.uncertainty  # percent on the CT grid, as exact as the labels
+    assert uncertainty.GetSize() == ct.GetSize() and uncertainty.GetDirection() == ct.GetDirection()
+    measured = result.segmentation.measurements
+    assert measured[1].uncertainty_percent == 0 and measured[2].uncertainty_percent == pytest.approx(
+        50, abs=1
+    )
+    assert measured[1].volume_ml == pytest.approx(4 * 6 * 7 * voxel_ml) and measured[1].suv_max is None
+    assert "no-lesion" not in [flag.code for flag in result.segmentation.qc_flags]
+
+
+def test_the_engine_applies_the_postprocessing_its_manifest_declares(installed_skills, study_files):
+    from types import SimpleNamespace
+
+    from mafm3.imaging.preprocess import prepare_input
+    from mafm3.imaging.study import load_study
+    from mafm3.results import GTVN, GTVP
+
+    ct, ct_path, _ = study_files
+    study = load_study(str(ct_path))
+    mask = tumour_mask(ct)
+    manifest = SimpleNamespace(
+        id="s", version="1", segments=lambda: [GTVP, GTVN], postprocessing={"min_component_ml": 0.0}
+    )
+    prepared = prepare_input(study, PreprocessingConfig(spacing_mm=ct.GetSpacing(), roi_method="none"))
+    labels = to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")
+    kept = engine_runner.segmentation_on_ct(
+        labels, np.zeros(labels.shape, np.float32), prepared, study, manifest
+    )
+    node_ml = 32 * np.prod(ct.GetSpacing()) / 1000
+    assert kept.volumes_ml()["GTVn"] == pytest.approx(node_ml) and kept.removed == []
+    manifest.postprocessing = {"min_component_ml": node_ml * 1.5}  # the node is smaller, GTVp larger
+    cleaned = engine_runner.segmentation_on_ct(
+        labels, np.zeros(labels.shape, np.float32), prepared, study, manifest
+    )
+    assert cleaned.volumes_ml()["GTVn"] == 0 and cleaned.measurements[2] is None
+    assert cleaned.volumes_ml()["GTVp"] == kept.volumes_ml()["GTVp"]
+    assert [r["label"] for r in cleaned.removed] == [2] and cleaned.postprocessing == manifest.postprocessing
 
 
 def test_skills_with_equal_preprocessing_share_one_pass_and_one_backbone(

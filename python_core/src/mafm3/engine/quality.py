@@ -27,7 +27,7 @@ def labels_on_box_edge(labels: sitk.Image, box: Grid) -> set[int]:
     if region is None:
         return set()
     start, size = region
-    crop_zyx = sitk.GetArrayViewFromImage(sitk.RegionOfInterest(labels, size=size, index=start))
+    crop_zyx = sitk.GetArrayFromImage(sitk.RegionOfInterest(labels, size=size, index=start))
     grid = Grid.of(labels)
     touching = set()
     for value in np.unique(crop_zyx[crop_zyx > 0]).tolist():

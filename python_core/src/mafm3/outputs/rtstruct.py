@@ -103,9 +103,11 @@ def write_rtstruct(
     path: str | Path,
     *,
     series_number: int = RTSTRUCT_SERIES_NUMBER,
+    generation: str = "AUTOMATIC",
 ) -> Path:
     """Write an RTSTRUCT with one ROI per non-empty segment, referencing the CT series (see the module
-    docstring).
+    docstring). `generation`: the ROIs' generation algorithm, AUTOMATIC (a skill's output) or SEMIAUTOMATIC
+    (reviewed or edited by a person).
 
     Raises:
         MAFM3Error: the CT was not read from DICOM, or `ct_dicom_paths` is not the CT's series.
@@ -159,7 +161,7 @@ def write_rtstruct(
         roi.ReferencedFrameOfReferenceUID = first.FrameOfReferenceUID
         roi.ROIName = spec.name
         roi.ROIDescription = spec.description
-        roi.ROIGenerationAlgorithm = "AUTOMATIC"
+        roi.ROIGenerationAlgorithm = generation
         roi.ROIGenerationDescription = f"MAFM3 {result.skill_id} {result.skill_version}"[:64]
         rois.append(roi)
         contour = Dataset()
