@@ -100,3 +100,16 @@ def test_the_peak_sphere_holds_about_one_millilitre():
     kernel = peak_sphere_offsets((0.5, 0.5, 0.5))
     assert abs(kernel.sum() * 0.125 / 1000 - 1.0) < 0.02  # voxelised sphere of radius 6.2 mm
     assert abs(PEAK_SPHERE_RADIUS_MM - 6.2035) < 1e-4
+
+
+def test_one_hot_voxel_sets_suv_max_but_moves_suv_peak_only_by_its_share_of_the_sphere():
+    shape = (30, 40, 50)
+    lesion = _ball(shape, (15, 20, 25), 15.0)
+    suv = np.where(lesion, 5.0, 1.0)
+    suv[15, 20, 25] = 50.0
+    measured = measure_lesions(_image(lesion.astype(np.uint8)), [1], _image(np.zeros(shape)), _image(suv))[1]
+    # Voxel centres within 6.2035 mm on the (1, 1.25, 2) mm grid, counted here by brute force.
+    offsets = np.stack(np.meshgrid(*(np.arange(-8, 9) * s for s in SPACING), indexing="ij"), -1)
+    sphere_voxels = int((np.linalg.norm(offsets, axis=-1) <= 6.2035).sum())
+    assert measured.suv_max == 50.0
+    assert abs(measured.suv_peak - (5.0 * (sphere_voxels - 1) + 50.0) / sphere_voxels) < 1e-9
