@@ -94,6 +94,7 @@ def export_pack(
             training=training or {},
             metrics=metrics or {},
             demo=preset.demo,
+            postprocessing=dict(preset.postprocessing),
         )
         manifest.write(partial)
         if folder.exists():
