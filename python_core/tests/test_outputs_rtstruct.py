@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from ct_series import slice_pixel_points_lps, write_ct_series
+from ct_series import slice_pixel_points_lps, voxel_points_lps, write_ct_series
 from matplotlib.path import Path as PolygonPath
 
 from mafm3.errors import MAFM3Error
@@ -48,10 +48,7 @@ def ct(tmp_path_factory):
 
 
 def _result_on(image: sitk.Image) -> SegmentationResult:
-    k, j, i = np.meshgrid(*(np.arange(n) for n in reversed(image.GetSize())), indexing="ij")
-    matrix = np.array(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
-    points = np.array(image.GetOrigin()) + np.stack([i, j, k], axis=-1) @ matrix.T
-    labels = sitk.GetImageFromArray(expected_labels(points))
+    labels = sitk.GetImageFromArray(expected_labels(voxel_points_lps(image)))
     labels.CopyInformation(image)
     return SegmentationResult(labels, [GTVP, GTVN], "demo-seg-petct", "1.0.0")
 
