@@ -231,12 +231,16 @@ def test_run_writes_every_output_with_the_ct_geometry(installed_skills, study_fi
     assert code == 0
     names = {p.name for p in out.iterdir()}
     assert {"segmentation.seg.nrrd", "labels.nii.gz", "prognosis.json", "result.json", "report.html"} <= names
+    assert "uncertainty.nii.gz" in names
     labels = sitk.ReadImage(str(out / "labels.nii.gz"))
     assert labels.GetSize() == ct.GetSize()
     np.testing.assert_allclose(labels.GetOrigin(), ct.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(labels.GetDirection(), ct.GetDirection(), atol=1e-5)
     record = json.loads((out / "result.json").read_text())
     assert record["device"] == "cpu" and record["backbone"]["sha256"]
+    segments = record["segmentation"]["segments"]
+    assert [s["name"] for s in segments] == ["GTVp", "GTVn"] and "qc_flags" in record["segmentation"]
+    assert all(s["suv_max"] is None and "components" in s for s in segments)  # a CT-only run: SUV absent
     assert json.loads((out / "prognosis.json").read_text())["skill"]["id"] == "tiny-prognosis"
 
 
@@ -251,6 +255,19 @@ def test_missing_pet_for_a_pet_ct_skill_exits_with_one_sentence_and_leaves_out_u
     error = capsys.readouterr().err.strip()
     assert code == 1 and error.count("\n") == 0 and "tiny-seg-petct" in error
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_rtstruct_of_a_ct_not_read_from_dicom_is_refused_and_out_stays_as_it_was(
+    installed_skills, study_files, tmp_path, capsys
+):
+    _, ct_path, _ = study_files
+    out = tmp_path / "out"
+    code = main(
+        ["run", "--ct", str(ct_path), "--skill", "tiny-seg-ct", "--out", str(out), "--rtstruct", "--quiet"]
+    )
+    error = capsys.readouterr().err.strip()
+    assert code == 1 and "RTSTRUCT needs a DICOM CT input" in error and error.count("\n") == 0
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 
 
 def test_a_device_that_is_not_there_is_refused(installed_skills, study_files):
