@@ -129,7 +129,9 @@ def _prognosis_section(study: StudyResult) -> str:
         f"risk group <b>{_escape(prognosis.risk_group)}</b>.</p>"
         + _table(["time", "probability free of recurrence (%)"], rows)
         + _figure(
-            SURVIVAL_FIGURE, "Predicted recurrence-free survival curve S(t) with the 1/2/3/5-year points."
+            SURVIVAL_FIGURE,
+            "Predicted recurrence-free survival S(t): linear between the model's time points, the same "
+            "function the table reads; not drawn beyond the last point, where it is not estimable.",
         )
         + "</section>"
     )
