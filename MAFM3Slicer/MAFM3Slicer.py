@@ -811,17 +811,13 @@ class MAFM3SlicerLogic(ScriptedLoadableModuleLogic):
 
     def exportRtstruct(self, segmentationNode, ctNode, outDir) -> Path:
         """RTSTRUCT of GTVp/GTVn: through SlicerRT when installed, else the core (`clinical_outputs`)."""
-        try:
-            import DicomRtImportExportPlugin  # SlicerRT's DICOM plugin
-
-            plugin = DicomRtImportExportPlugin.DicomRtImportExportPluginClass()
-        except ImportError:
-            plugin = None
+        # SlicerRT registers its DICOM RT plugin class here, as every DICOM plugin does.
+        pluginClass = getattr(slicer.modules, "dicomPlugins", {}).get("DicomRtImportExportPlugin")
         return export_rtstruct(
             segmentationNode,
             ctNode,
             outDir,
-            slicer_rt_plugin=plugin,
+            slicer_rt_plugin=pluginClass() if pluginClass is not None else None,
             database=getattr(slicer, "dicomDatabase", None),
             python=self.pythonExecutable,
             run=lambda command: run_command(command, env=self.workerEnvironment),

@@ -171,3 +171,25 @@ def test_rtstruct_export_uses_slicer_rt_when_it_is_installed(mrml_scene, tmp_pat
     hierarchy = mrml_scene.GetSubjectHierarchyNode()
     assert [e.item for e in plugin.exported] == [hierarchy.GetItemByDataNode(segmentation)]
     assert plugin.exported[0].directory == str(tmp_path / "rt")
+
+
+def test_the_logic_exports_through_slicer_rt_when_its_plugin_is_registered(
+    mafm3_slicer, mrml_scene, tmp_path, monkeypatch
+):
+    exported = []
+
+    class PluginClass:  # what SlicerRT registers under slicer.modules.dicomPlugins
+        def examineForExport(self, item):
+            return [type("Exportable", (), {"item": item, "directory": ""})()]
+
+        def export(self, exportables):
+            exported.extend(exportables)
+            return ""
+
+    ct, _ = _dicom_ct(mrml_scene, tmp_path / "dicom")
+    segmentation = _segmentation_node(mrml_scene, ct)
+    monkeypatch.setattr(
+        slicer.modules, "dicomPlugins", {"DicomRtImportExportPlugin": PluginClass}, raising=False
+    )
+    mafm3_slicer.MAFM3SlicerLogic().exportRtstruct(segmentation, ct, tmp_path / "rt")
+    assert [e.directory for e in exported] == [str(tmp_path / "rt")]
