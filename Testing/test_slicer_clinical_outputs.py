@@ -149,7 +149,7 @@ def test_rtstruct_export_without_slicer_rt_goes_through_the_core(mrml_scene, tmp
         for item in rtstruct.ROIContourSequence[0].ContourSequence
     }
     assert len(slices) == 4  # the four labelled slices, each citing its own CT instance
-    assert not (tmp_path / "export" / "ct").exists()
+    assert [p.name for p in (tmp_path / "export").iterdir()] == ["segmentation.rtstruct.dcm"]
 
 
 def test_rtstruct_export_uses_slicer_rt_when_it_is_installed(mrml_scene, tmp_path):
@@ -193,3 +193,18 @@ def test_the_logic_exports_through_slicer_rt_when_its_plugin_is_registered(
     )
     mafm3_slicer.MAFM3SlicerLogic().exportRtstruct(segmentation, ct, tmp_path / "rt")
     assert [e.directory for e in exported] == [str(tmp_path / "rt")]
+
+
+def test_rtstruct_export_of_a_ct_not_from_dicom_says_what_to_do_and_leaves_nothing(mrml_scene, tmp_path):
+    import pytest
+
+    from MAFM3SlicerLib.errors import PanelError
+
+    ct, database = _dicom_ct(mrml_scene, tmp_path / "dicom")
+    segmentation = _segmentation_node(mrml_scene, ct)
+    with pytest.raises(PanelError, match="load it through the DICOM module"):
+        export_rtstruct(segmentation, ct, tmp_path / "rt", database=None)  # no DICOM database in Slicer
+    ct.RemoveAttribute("DICOM.instanceUIDs")
+    with pytest.raises(PanelError, match="load it through the DICOM module"):
+        export_rtstruct(segmentation, ct, tmp_path / "rt", database=database)  # not loaded from DICOM
+    assert list((tmp_path / "rt").iterdir()) == []

@@ -132,7 +132,7 @@ def ct_dicom_files(ct_node, database) -> list[str]:
     """
     uids = (ct_node.GetAttribute("DICOM.instanceUIDs") or "").split()
     files = [database.fileForInstance(uid) for uid in uids] if database is not None else []
-    if not uids or not all(files):
+    if not uids or not files or not all(files):
         raise PanelError(
             "RTSTRUCT needs the CT as a DICOM series: load it through the DICOM module, then export again."
         )
@@ -176,12 +176,17 @@ def export_rtstruct(
     out_dir.mkdir(parents=True, exist_ok=True)
     if slicer_rt_plugin is not None:
         return export_rtstruct_with_slicer_rt(segmentation_node, out_dir, slicer_rt_plugin)
+    files = ct_dicom_files(ct_node, database)
     ct_folder = out_dir / "ct"  # the CT's files alone: the database folder holds other series too
-    ct_folder.mkdir(exist_ok=True)
-    for number, file in enumerate(ct_dicom_files(ct_node, database)):
-        shutil.copyfile(file, ct_folder / f"{number:05d}.dcm")
-    labels = write_labels(segmentation_node, ct_node, out_dir / "labels.nrrd")
-    out = out_dir / "segmentation.rtstruct.dcm"
-    run(rtstruct_command(python or worker_python(), ct_folder, labels, out))
-    shutil.rmtree(ct_folder)
+    labels = out_dir / "labels.nrrd"
+    try:
+        ct_folder.mkdir(exist_ok=True)
+        for number, file in enumerate(files):
+            shutil.copyfile(file, ct_folder / f"{number:05d}.dcm")
+        write_labels(segmentation_node, ct_node, labels)
+        out = out_dir / "segmentation.rtstruct.dcm"
+        run(rtstruct_command(python or worker_python(), ct_folder, labels, out))
+    finally:  # only the RTSTRUCT stays
+        shutil.rmtree(ct_folder, ignore_errors=True)
+        labels.unlink(missing_ok=True)
     return out
