@@ -108,8 +108,8 @@ def labels_and_uncertainty(logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray
     """Labels (T, H, W) uint8 and the normalised entropy of the class probabilities (T, H, W) float32 in
     [0, 1] (0: one class is certain, 1: all equally likely) of blended logits (1, classes, T, H, W)."""
     with torch.inference_mode():
-        log_p = torch.log_softmax(logits[0], dim=0)
-        entropy = -(log_p.exp() * log_p).sum(dim=0) / math.log(logits.shape[1])
+        # entr(p) = -p log p, 0 where p = 0 (a class ruled out): no NaN from 0 * log 0
+        entropy = torch.special.entr(torch.softmax(logits[0], dim=0)).sum(dim=0) / math.log(logits.shape[1])
         labels = logits[0].argmax(dim=0).to(torch.uint8)
         return labels.cpu().numpy(), entropy.clamp_(0.0, 1.0).cpu().numpy()
 
@@ -126,20 +126,29 @@ def segment(
     clock: StageClock,
     progress: ProgressCallback,
     cancel: threading.Event | None,
+    mirror: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`labels_and_uncertainty` of a skill's `sliding_window_logits`, with the backbone and the decoder timed
     apart, progress per window batch, and a check for cancellation before each batch.
 
+    mirror: test-time augmentation: each window's logits are averaged with those of its left-right mirror
+        image (mirrored back), which doubles the work.
     Returns labels (T, H, W) uint8 and uncertainty (T, H, W) float32 in [0, 1]."""
     total = math.ceil(window_count(prepared.shape, window, overlap) / sw_batch_size)
     done = 0
+    left_right = 2 + prepared.axis_order.index("x")  # the patient's x axis (L) in crops (N, C, T, H, W)
+
+    def decode(crops: torch.Tensor) -> torch.Tensor:
+        _, hidden = clock.timed("backbone", skill.features, crops)
+        return clock.timed("head", skill.decoder, crops, hidden)
 
     def predictor(crops: torch.Tensor) -> torch.Tensor:
         nonlocal done
         if cancel is not None and cancel.is_set():
             raise Cancelled
-        _, hidden = clock.timed("backbone", skill.features, crops)
-        logits = clock.timed("head", skill.decoder, crops, hidden)
+        logits = decode(crops)
+        if mirror:
+            logits = (logits + decode(crops.flip(left_right)).flip(left_right)) / 2
         done += 1
         progress("inference", min(done / total, 1.0), f"{skill.name}: window batch {done} of {total}")
         return logits

@@ -216,6 +216,7 @@ class Engine:
                 clock=clock,
                 progress=progress,
                 cancel=cancel,
+                mirror=bool(manifest.inference.get("mirror_tta", False)),
             )
             result.segmentation = clock.timed(
                 "postprocess", segmentation_on_ct, labels, uncertainty, prepared, study, manifest
