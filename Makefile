@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(VENV)/.core-installed: $(BIN)/python python_core/pyproject.toml $(CONSTRAINTS)
 	@if [ "$(TORCH)" != "skip" ]; then $(PIP) $(TORCH); fi
-	$(PIP) -c $(CONSTRAINTS) -e python_core
+	$(PIP) -c $(CONSTRAINTS) -e 'python_core[dicom-seg]'
 	@touch $@
 
 $(VENV)/.test-installed: $(VENV)/.core-installed

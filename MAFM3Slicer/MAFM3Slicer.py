@@ -1,19 +1,13 @@
 """MAFM3Slicer: one frozen CT foundation model with switchable clinical skills, as a 3D Slicer module.
 
-Thin by design: module metadata, a Widget that binds the .ui to the parameter node and shows what the worker
-reports, a Logic that calls the Qt-free `MAFM3SlicerLib`, and the self-test. Nothing here imports torch or the
-`mafm3` model: skills run in the warm `mafm3` worker process (`python -m mafm3.worker`, Slicer's Python), so
-the GUI stays responsive, Cancel ends a job in a process instead of Slicer, and a crash of the model is
+Thin by design: module metadata, the parameter node, a Widget that binds the .ui to it and shows what the
+logic reports, and Slicer's shells of the Logic and the self-test. What the module does lives in the Qt-free
+`MAFM3SlicerLib` (`logic.ModuleLogic`, `self_test`), which runs headless under Testing/. Nothing here imports
+torch or the `mafm3` model: skills run in the warm `mafm3` worker process (`PythonSlicer -m mafm3.worker`),
+so the GUI stays responsive, Cancel ends a job in a process instead of Slicer, and a crash of the model is
 reported and recovered from.
 """
 
-import importlib
-import json
-import shutil
-import sys
-import tempfile
-import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -35,62 +29,42 @@ from MAFM3SlicerLib.clinical import (
     CLINICAL_FIELDS,
     M_STAGE_CHOICES,
     N_STAGE_CHOICES,
+    NUMBER_RANGES,
     PERFORMANCE_STATUS_CHOICES,
     SEX_CHOICES,
     T_STAGE_CHOICES,
     UNKNOWN,
     YES_NO_CHOICES,
-    clinical_record,
+    panel_problems,
     panel_values,
 )
-from MAFM3SlicerLib.clinical_outputs import export_rtstruct
-from MAFM3SlicerLib.commands import add_case_command, run_command, skill_install_command, worker_python
-from MAFM3SlicerLib.demo_study import (
-    CLINICAL_ATTRIBUTE,
-    SAMPLE_NAME,
-    DemoStudy,
-    load_demo_study,
-    make_demo_study,
-)
-from MAFM3SlicerLib.dependencies import (
-    DependencyStatus,
-    core_install_commands,
-    dependency_status,
-    pinned_constraints,
-    restart_needed,
-)
+from MAFM3SlicerLib.demo_study import SAMPLE_NAME, clinical_record_of, sample_data_source
 from MAFM3SlicerLib.errors import PanelError
-from MAFM3SlicerLib.geometry import image_from_volume
-from MAFM3SlicerLib.jobs import JobRunner, JobUpdate, describe_worker, prepare_job
-from MAFM3SlicerLib.result_nodes import (
-    LABEL_MAP_FILE,
-    PROGNOSIS_FILE,
-    REPORT_FILE,
-    ImportedResults,
-    import_results,
-    segment_tag,
-    segment_volumes_ml,
-    table_rows,
+from MAFM3SlicerLib.jobs import JobUpdate, describe_worker
+from MAFM3SlicerLib.logic import ModuleLogic
+from MAFM3SlicerLib.result_nodes import REPORT_FILE, ImportedResults, segment_volumes_ml
+from MAFM3SlicerLib.result_text import result_lines
+from MAFM3SlicerLib.self_test import (
+    check_demo_skills_through_the_worker,
+    check_file_round_trip,
+    check_study_description,
 )
 from MAFM3SlicerLib.skills import (
     SkillInfo,
-    available_skills,
     check_selection,
     format_skill_ids,
-    pack_path,
     parse_skill_ids,
     runnable_skills,
     selected_skills,
     skills_from_manifests,
 )
-from MAFM3SlicerLib.study_check import StudyDescription, describe_study
-from MAFM3SlicerLib.training_case import default_case_id, write_case_files
-from MAFM3SlicerLib.volume_files import read_volume, write_volume
-from MAFM3SlicerLib.worker_client import WorkerClient
+from MAFM3SlicerLib.training_case import default_case_id
 
 DEVICE_CHOICES = ("auto", "cuda", "cpu")  # auto = CUDA when the worker's torch can use it, else CPU
 MODULE_DIR = Path(__file__).resolve().parent
-POLL_INTERVAL_MS = 200  # how often the panel reads the worker's events while a job runs
+POLL_INTERVAL_MS = 200  # how often the panel reads the worker's events (and the install's) while they run
+DOCUMENTATION_URL = "https://github.com/MAFM3Slicer/SlicerMAFM3#readme"  # EXTENSION_HOMEPAGE
+MINIMUM_SLICER = "5.10"  # the first Slicer with Python 3.12 (the module needs 3.11+: tomllib, 3.10+ syntax)
 
 
 def _inSlicerApplication() -> bool:
@@ -109,9 +83,11 @@ class MAFM3Slicer(ScriptedLoadableModule):
             "Runs skills of one frozen CT foundation model (CT-CLIP's CT-ViT encoder): head and neck tumour "
             "segmentation (GTVp, GTVn) on CT or PET/CT, recurrence-free survival prognosis from CT and "
             "clinical data, and zero-shot CT classification. Select the CT (and the PET in SUV, if the skill "
-            "uses it), pick a skill, and press Apply. The skills shipped with the extension are demo skills: "
-            "synthetic data, not for clinical use."
-        )
+            "uses it), pick a skill, and press Apply; the first Apply offers to install PyTorch and the "
+            "mafm3 core into Slicer's Python. Needs 3D Slicer {minimum} or later. The skills shipped with "
+            "the extension are demo skills: synthetic data, not for clinical use. "
+            'Documentation: <a href="{url}">{url}</a>'
+        ).format(minimum=MINIMUM_SLICER, url=DOCUMENTATION_URL)
         self.parent.acknowledgementText = _(
             "Implements MAFM3, 'Modular Adaptation of Foundation Models for Multi-Modal Medical AI' (Qazi, "
             "Nwadike, Almakky, Yaqub, Saeed; arXiv 2511.11212), on the CT-ViT image encoder of CT-CLIP "
@@ -123,7 +99,9 @@ class MAFM3Slicer(ScriptedLoadableModule):
 
 
 def registerSampleData():
-    """Offer the demo PET/CT study in the SampleData module (generated locally: nothing is downloaded)."""
+    """Offer the demo PET/CT study shipped with the module in the SampleData module: its files (with their
+    checksums) for `SampleData.downloadSample`, and a loader for the button that also files the study in the
+    subject hierarchy and shows the PET over the CT. Nothing needs to be installed first."""
     try:
         import SampleData
     except ModuleNotFoundError:
@@ -131,17 +109,15 @@ def registerSampleData():
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="MAFM3",
         sampleName=SAMPLE_NAME,
-        uris=[],
-        fileNames=[],
-        nodeNames=[],
         thumbnailFileName=str(MODULE_DIR / "Resources" / "Icons" / "MAFM3Slicer.png"),
         customDownloader=_loadDemoStudyFromSampleData,
+        **sample_data_source(MODULE_DIR),
     )
 
 
 def _loadDemoStudyFromSampleData(source):
-    with slicer.util.tryWithErrorDisplay(_("Could not make the demo study."), waitCursor=True):
-        study = MAFM3SlicerLogic().loadDemoStudy()
+    with slicer.util.tryWithErrorDisplay(_("Could not load the demo study."), waitCursor=True):
+        study = MAFM3SlicerLogic().loadShippedDemoStudy()
         study.pet.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLPETProceduralColorNodePET-Heat")
         slicer.util.setSliceViewerLayers(
             background=study.ct, foreground=study.pet, foregroundOpacity=0.4, fit=True
@@ -173,9 +149,9 @@ class MAFM3SlicerParameterNode:
     replaceEditedSegments: bool = False
     prognosisTable: vtkMRMLTableNode
     survivalChart: vtkMRMLPlotChartNode
-    age: Annotated[float, WithinRange(0.0, 120.0)] = 0.0  # years
+    age: Annotated[float, WithinRange(*NUMBER_RANGES["age"])] = 0.0  # years
     sex: Annotated[str, Choice(list(SEX_CHOICES))] = UNKNOWN
-    weight: Annotated[float, WithinRange(0.0, 300.0)] = 0.0  # kg
+    weight: Annotated[float, WithinRange(*NUMBER_RANGES["weight"])] = 0.0  # kg
     tobacco: Annotated[str, Choice(list(YES_NO_CHOICES))] = UNKNOWN
     alcohol: Annotated[str, Choice(list(YES_NO_CHOICES))] = UNKNOWN
     performanceStatus: Annotated[str, Choice(list(PERFORMANCE_STATUS_CHOICES))] = UNKNOWN
@@ -199,6 +175,8 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._listedSkills = None  # (id, version) of the skill list's items, to rebuild it only on change
         self._shownSegmentation = None  # the segmentation whose segment volumes the table shows
         self._pollTimer = None
+        self._installTimer = None
+        self._installStatus = None  # the dependency status the running install started from
         self._showingJob = False  # whether the panel shows a running job (Cancel, progress bar)
 
     def setup(self) -> None:
@@ -216,6 +194,9 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(POLL_INTERVAL_MS)
         self._pollTimer.connect("timeout()", self.onPollWorker)
+        self._installTimer = qt.QTimer()
+        self._installTimer.setInterval(POLL_INTERVAL_MS)
+        self._installTimer.connect("timeout()", self.onPollInstall)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -232,8 +213,9 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
-        if self._pollTimer is not None:
-            self._pollTimer.stop()
+        for timer in (self._pollTimer, self._installTimer):
+            if timer is not None:
+                timer.stop()
         if self.logic is not None:
             self.logic.cleanup()
 
@@ -291,15 +273,22 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateApplyButton()
 
     def _fillClinicalFromCT(self, ctNode) -> None:
-        """A CT that carries its clinical record (the demo study's) fills the clinical fields, once."""
-        if ctNode is None or ctNode is self._clinicalFilledFor or not ctNode.GetAttribute(CLINICAL_ATTRIBUTE):
+        """A CT with a clinical record (the demo study's) fills the clinical fields, once. A number the panel
+        cannot hold is left unknown and reported: nothing raises inside this observer."""
+        if ctNode is None or ctNode is self._clinicalFilledFor:
+            return
+        record = clinical_record_of(ctNode, MODULE_DIR)
+        if record is None:
             return
         self._clinicalFilledFor = ctNode
         node = self._parameterNode.parameterNode
         wasModifying = node.StartModify()  # one Modified event for all fields
-        for name, value in panel_values(json.loads(ctNode.GetAttribute(CLINICAL_ATTRIBUTE))).items():
+        for name, value in panel_values(record).items():
             setattr(self._parameterNode, name, value)
         node.EndModify(wasModifying)
+        problems = panel_problems(record)
+        if problems:
+            self.ui.statusLabel.text = " ".join(problems)
 
     def _showSkillList(self) -> None:
         """List the skills whose inputs are selected, checked as the parameter node says. The items are made
@@ -361,6 +350,11 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateApplyButton(self) -> None:
         if self._parameterNode is None:
             return  # the module is not shown; enter() updates it
+        if self.logic.installing:
+            self.ui.applyButton.text = _("Installing...")
+            self.ui.applyButton.toolTip = _("Installing PyTorch and the mafm3 core; see the progress below")
+            self.ui.applyButton.enabled = False
+            return
         if self.logic.jobRunning:
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the running job")
@@ -404,9 +398,12 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancelJob()
             self.ui.statusLabel.text = _("Cancelling...")
             return
+        ready = False  # stays so when the error display below swallows an exception
+        with slicer.util.tryWithErrorDisplay(_("Could not install the dependencies.")):
+            ready = self._ensureDependencies()  # asks first; never under a wait cursor
+        if not ready:
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the skills."), waitCursor=True):
-            if not self._ensureDependencies():
-                return
             parameters = self._parameterNode
             description = self.logic.describeStudy(parameters.inputCT, parameters.inputPET)
             self.ui.resultsBrowser.setPlainText("\n".join(list(description.problems) + description.lines()))
@@ -436,42 +433,57 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onPollWorker()
 
     def _ensureDependencies(self) -> bool:
-        """Install what Slicer's Python lacks, after one confirmation; True when skills can run now."""
+        """True when skills can run now. Otherwise, after one confirmation, start installing what Slicer's
+        Python lacks in the background (onPollInstall follows it) and return False."""
         status = self.logic.dependencyStatus()
         if status.ready:
             return True
+        refusal = status.refusal()
+        if refusal:
+            raise PanelError(refusal)
         question = _(
             "MAFM3 runs its skills in Slicer's Python, which needs:\n\n- {lines}\n\nThis downloads up to a "
-            "few GB and takes some minutes. Install now?"
+            "few GB and takes some minutes; Slicer stays usable meanwhile, and no package Slicer already has "
+            "is changed. Install now?"
         ).format(lines="\n- ".join(status.missing()))
         if not slicer.util.confirmOkCancelDisplay(question, windowTitle=_("MAFM3: install dependencies")):
             self.ui.statusLabel.text = _("Skills need their dependencies; press Apply again to install them.")
             return False
-        if not status.torch_ok:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError:
-                raise PanelError(
-                    _(
-                        "The PyTorch extension is missing; install it in the Extensions Manager, restart "
-                        "Slicer and press Apply again."
-                    )
-                ) from None
-            # Our dialog was the one confirmation. PyTorchUtils picks the CUDA build for the driver (and, once
-            # installed, imports torch in this process: the one place torch enters the GUI process).
-            installed = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                askConfirmation=False, torchVersionRequirement=status.torch_requirement or None
-            )
-            if installed is None:
-                raise PanelError(_("PyTorch was not installed; see the Python console for why."))
-        if not status.core_ok and self.logic.installCore(status):
-            if slicer.util.confirmYesNoDisplay(
-                _("The mafm3 core was updated; Slicer must restart to use it. Restart now?")
-            ):
-                slicer.util.restart()
-            return False
+        self._installStatus = status
+        self.logic.startInstall(status)
+        self.ui.progressBar.setRange(0, 0)  # busy: pip reports no overall fraction
+        self.ui.progressBar.show()
+        self._updateApplyButton()
+        self._installTimer.start()
+        self.onPollInstall()
+        return False
+
+    def onPollInstall(self) -> None:
+        """Every POLL_INTERVAL_MS while installing: the step and its last line; at the end, the outcome."""
+        progress = self.logic.install.poll()
+        self.ui.statusLabel.text = (
+            f"{progress.label} ({progress.step}/{progress.steps}): {progress.last_line[-120:]}"
+        )
+        if not progress.finished:
+            return
+        self._installTimer.stop()
+        self.ui.progressBar.setRange(0, 100)
+        self.ui.progressBar.hide()
+        self._updateApplyButton()
+        if progress.failed:
+            self.ui.statusLabel.text = _(
+                "The install stopped at: {step}. Its full log is under Results."
+            ).format(step=progress.failed)
+            self.ui.resultsBrowser.setPlainText(self.logic.install.log)
+            self.ui.resultsCollapsibleButton.collapsed = False
+            return
+        if self.logic.finishInstall(self._installStatus) and slicer.util.confirmYesNoDisplay(
+            _("The mafm3 core was updated; Slicer must restart to use it. Restart now?")
+        ):
+            slicer.util.restart()
+            return
         self.loadSkills()
-        return True
+        self.ui.statusLabel.text = _("Installed. Press Apply to run the selected skills.")
 
     def onPollWorker(self) -> None:
         """Every POLL_INTERVAL_MS while the worker runs: show its news (and notice if it dies while idle)."""
@@ -507,7 +519,6 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showResults(self, imported: ImportedResults) -> None:
         parameters = self._parameterNode
         record = imported.record
-        lines = [record.get("disclaimer", "")] if record.get("demo") else []
         if imported.segmentation is not None and parameters is not None:
             parameters.outputSegmentation = imported.segmentation
             self._showSegments()  # new volumes, even when the node was already selected
@@ -515,25 +526,14 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parameters.prognosisTable = imported.prognosis.table
             parameters.survivalChart = imported.prognosis.chart
             slicer.modules.plots.logic().ShowChartInLayout(imported.prognosis.chart)
-        lines += [_("QC: {flag}").format(flag=flag) for flag in imported.qc_flags]
         if imported.uncertainty is not None:
             slicer.util.setSliceViewerLayers(foreground=imported.uncertainty, foregroundOpacity=0.4)
         if imported.measurements is not None:
             slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(imported.measurements.GetID())
             slicer.app.applicationLogic().PropagateTableSelection()
-        classification = record.get("classification")
-        if classification:
-            ranked = sorted(classification["probabilities"].items(), key=lambda item: -item[1])
-            lines += [_("Zero-shot classification:")] + [f"  {name}: {p:.0%}" for name, p in ranked]
-        timings = record.get("timings_s", {})
-        lines.append(
-            _("Ran on {device} in {seconds:.1f} s.").format(
-                device=record.get("device", "?"), seconds=timings.get("total", float("nan"))
-            )
-        )
         report = Path(record.get("out", "")) / REPORT_FILE
         self.ui.resultsBrowser.setHtml(
-            "<br>".join(lines)
+            "<br>".join(_(line) for line in result_lines(record))
             + (f'<br><a href="{report.as_uri()}">{_("Open the report")}</a>' if report.is_file() else "")
         )
         self.ui.resultsCollapsibleButton.collapsed = False
@@ -605,381 +605,58 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ).strip()
 
 
-class MAFM3SlicerLogic(ScriptedLoadableModuleLogic):
-    """What the module does, callable without the GUI: every method runs headless (see Testing/).
+class MAFM3SlicerLogic(ScriptedLoadableModuleLogic, ModuleLogic):
+    """Slicer's shell of `MAFM3SlicerLib.logic.ModuleLogic` (every method is there), plus the parameter node.
 
-    pythonExecutable: the Python of the worker and of every `mafm3` command (default: Slicer's).
-    workerEnvironment: their environment (default: in Slicer, Slicer's startup environment, as for
-    `slicer.util.launchConsoleProcess`; elsewhere this process's).
+    Inside Slicer the worker and every `mafm3` command run with Slicer's startup environment (as
+    `slicer.util.launchConsoleProcess` does), temporary folders live under `slicer.app.temporaryPath`, and
+    the worker is stopped when Slicer quits.
     """
 
     def __init__(self, pythonExecutable=None, workerEnvironment=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.pythonExecutable = pythonExecutable or worker_python()
-        if workerEnvironment is None and _inSlicerApplication():
-            workerEnvironment = slicer.util.startupEnvironment()
-        self.workerEnvironment = workerEnvironment
-        self._runner = None
-        self.resultsFolder = None  # the last job folder with results (kept for its report); one at a time
+        temporaryDir = None
+        if _inSlicerApplication():
+            workerEnvironment = workerEnvironment or slicer.util.startupEnvironment()
+            temporaryDir = slicer.app.temporaryPath
+            slicer.app.connect("aboutToQuit()", self.cleanup)
+        ModuleLogic.__init__(self, MODULE_DIR, pythonExecutable, workerEnvironment, temporaryDir)
 
     def getParameterNode(self):
         return MAFM3SlicerParameterNode(super().getParameterNode())
 
-    # -- study, clinical data, skills ---------------------------------------------------------------------
-
-    def describeStudy(self, ctNode, petNode=None) -> StudyDescription:
-        """Summaries of the CT and optional PET, and every problem that should stop a skill from running."""
-        return describe_study(ctNode, petNode)
-
-    def clinicalRecord(self, panelValues: dict) -> dict:
-        """The known clinical values, keyed as the core's clinical record (unknowns left out)."""
-        return clinical_record(panelValues)
-
-    def availableSkills(self) -> list[SkillInfo]:
-        """The installed and shipped skill packs, from their manifests (no torch).
-
-        Raises ModuleNotFoundError when the core is not installed.
-        """
-        return available_skills()
-
-    def volumeToFile(self, volumeNode, path):
-        """Write a volume (voxels and exact geometry) to .nrrd/.nii.gz, as the worker reads it."""
-        return write_volume(volumeNode, path)
-
-    def fileToVolume(self, path, name=None):
-        """Load a volume file written by the worker (or by `volumeToFile`) as a new volume node."""
-        return read_volume(path, slicer.mrmlScene, name)
-
-    # -- dependencies -------------------------------------------------------------------------------------
-
-    def dependencyStatus(self) -> DependencyStatus:
-        """Is torch, and the core shipped with this module, installed in this Python (metadata only)?"""
-        return dependency_status(MODULE_DIR)
-
-    def installCore(self, status: DependencyStatus) -> bool:
-        """Install the shipped core and its requirements with pip, keeping Slicer's SimpleITK and the
-        installed torch; returns whether Slicer must restart to use it."""
-        if status.core_source is None:
-            raise PanelError(
-                "This extension does not ship the mafm3 core; install it with `PythonSlicer -m pip install "
-                "<MAFM3Slicer repository>/python_core`."
-            )
-        with tempfile.TemporaryDirectory(prefix="mafm3-install-") as folder:
-            constraints = Path(folder) / "constraints.txt"
-            constraints.write_text(pinned_constraints(), encoding="utf-8")
-            for command in core_install_commands(self.pythonExecutable, status.core_source, constraints):
-                run_command(command, env=self.workerEnvironment, timeout_s=3600)
-        importlib.invalidate_caches()
-        return restart_needed(sys.modules, core_was_installed=status.core_version is not None)
-
-    # -- jobs in the worker -------------------------------------------------------------------------------
-
-    @property
-    def runner(self) -> JobRunner:
-        if self._runner is None:
-            self._runner = JobRunner(WorkerClient(self.pythonExecutable, env=self.workerEnvironment))
-        return self._runner
-
-    @property
-    def workerStarted(self) -> bool:
-        return self._runner is not None and self._runner.client.is_alive()
-
-    @property
-    def jobRunning(self) -> bool:
-        return self._runner is not None and self._runner.running
-
-    def startWorker(self) -> None:
-        """Start the worker without waiting: its `ready` (device found) and `skills` come through pollJob."""
-        self.runner.list_skills()
-
-    def startJob(
-        self,
-        ctNode,
-        petNode,
-        clinical: dict,
-        skillIds: list[str],
-        device: str = "auto",
-        overlap: float | None = None,
-        segmentationNode=None,
-        replaceEditedSegments: bool = False,
-    ):
-        """Write the inputs and send the job to the worker; follow it with pollJob (or waitForJob)."""
-        params, folder = prepare_job(ctNode, petNode, clinical, skillIds, device, overlap)
-        context = {
-            "ct": ctNode.GetID(),
-            "segmentation": segmentationNode.GetID() if segmentationNode is not None else None,
-            "replaceOwnedOnly": not replaceEditedSegments,
-        }
-        try:
-            return self.runner.submit(params, folder, context)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-
-    def cancelJob(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-
-    def forgetJobNodes(self) -> None:
-        """The scene is closing: the running job's results will not be loaded."""
-        if self._runner is not None:
-            self._runner.forget_nodes()
-
-    def pollJob(self, timeoutSeconds: float = 0.0) -> list[JobUpdate]:
-        """The worker's news; a finished job's results are loaded into the scene here ("result" updates then
-        carry them in `imported`)."""
-        if self._runner is None:
-            return []
-        return [self._importResult(u) if u.kind == "result" else u for u in self._runner.poll(timeoutSeconds)]
-
-    def waitForJob(self, timeoutSeconds: float) -> list[JobUpdate]:
-        """Poll until the running job ends (for scripts and tests; the panel polls from a timer)."""
-        deadline = time.monotonic() + timeoutSeconds
-        updates = []
-        while self.jobRunning:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"The job did not end within {timeoutSeconds:g} s.")
-            updates += self.pollJob(0.5)
-        return updates + self.pollJob()
-
-    def _importResult(self, update: JobUpdate) -> JobUpdate:
-        job = update.job
-        scene = slicer.mrmlScene
-        ctNode = scene.GetNodeByID(job.context["ct"]) if job.context.get("ct") else None
-        if ctNode is None:
-            shutil.rmtree(job.folder, ignore_errors=True)
-            return replace(
-                update,
-                kind="error",
-                message="The CT of this job left the scene; its results were not loaded.",
-            )
-        segmentationId = job.context.get("segmentation")
-        try:
-            imported = self.importResults(
-                job.out_dir,
-                ctNode,
-                scene.GetNodeByID(segmentationId) if segmentationId else None,
-                job.context.get("replaceOwnedOnly", True),
-            )
-        except (OSError, ValueError, KeyError) as error:
-            shutil.rmtree(job.folder, ignore_errors=True)
-            return replace(update, kind="error", message=f"The results could not be loaded ({error}).")
-        self._keepResults(job.folder)
-        return replace(update, imported=imported)
-
-    def _keepResults(self, folder) -> None:
-        if self.resultsFolder is not None and Path(self.resultsFolder) != Path(folder):
-            shutil.rmtree(self.resultsFolder, ignore_errors=True)
-        self.resultsFolder = Path(folder)
-
-    def importResults(
-        self, outDir, ctNode, segmentationNode=None, replaceOwnedOnly: bool = True
-    ) -> ImportedResults:
-        """Load a `mafm3 run` output folder as nodes (MAFM3SlicerLib.result_nodes: the re-run rule)."""
-        return import_results(outDir, ctNode, segmentationNode, replaceOwnedOnly)
-
-    def segmentVolumes(self, segmentationNode) -> list[tuple[str, str, float]]:
-        """(segment ID, name, ml) of each segment."""
-        return segment_volumes_ml(segmentationNode)
-
-    def stopWorker(self) -> None:
-        if self._runner is not None:
-            self._runner.stop()
-
-    def cleanup(self) -> None:
-        """Stop the worker and delete the kept results folder (module reload, Slicer exit)."""
-        self.stopWorker()
-        if self.resultsFolder is not None:
-            shutil.rmtree(self.resultsFolder, ignore_errors=True)
-            self.resultsFolder = None
-
-    # -- demo study, skill packs, training data -----------------------------------------------------------
-
-    def loadDemoStudy(self, seed: int = 0, size: str = "small") -> DemoStudy:
-        """Generate the synthetic demo PET/CT study with the core and load it (CT, PET, clinical record)."""
-        with tempfile.TemporaryDirectory(prefix="mafm3-demo-") as folder:
-            study = make_demo_study(
-                self.pythonExecutable, Path(folder) / "study", seed, size, self.workerEnvironment
-            )
-            return load_demo_study(study, slicer.mrmlScene)
-
-    def installSkillPack(self, selectedPath) -> str:
-        """Install a skill pack (a .zip, or a pack folder's manifest.json); returns the core's message."""
-        return run_command(
-            skill_install_command(self.pythonExecutable, pack_path(selectedPath)), env=self.workerEnvironment
-        )
-
-    def exportRtstruct(self, segmentationNode, ctNode, outDir) -> Path:
-        """RTSTRUCT of GTVp/GTVn: through SlicerRT when installed, else the core (`clinical_outputs`)."""
-        # SlicerRT registers its DICOM RT plugin class here, as every DICOM plugin does.
-        pluginClass = getattr(slicer.modules, "dicomPlugins", {}).get("DicomRtImportExportPlugin")
-        return export_rtstruct(
-            segmentationNode,
-            ctNode,
-            outDir,
-            slicer_rt_plugin=pluginClass() if pluginClass is not None else None,
-            database=getattr(slicer, "dicomDatabase", None),
-            python=self.pythonExecutable,
-            run=lambda command: run_command(command, env=self.workerEnvironment),
-        )
-
-    def saveCaseToDataset(
-        self, datasetDir, ctNode, petNode, segmentationNode, clinical: dict, caseId: str, overwrite=False
-    ) -> str:
-        """Add the case (CT, PET, GTVp/GTVn label map on the CT grid, clinical record) to a HECKTOR-layout
-        training dataset through `mafm3 dataset add-case`; returns the core's message."""
-        with tempfile.TemporaryDirectory(prefix="mafm3-case-") as folder:
-            files = write_case_files(ctNode, petNode, segmentationNode, clinical, folder)
-            command = add_case_command(
-                self.pythonExecutable,
-                datasetDir,
-                ct=files.ct,
-                label=files.label,
-                pet=files.pet,
-                clinical=files.clinical,
-                case_id=caseId,
-                overwrite=overwrite,
-            )
-            return run_command(command, env=self.workerEnvironment)
-
 
 class MAFM3SlicerTest(ScriptedLoadableModuleTest):
-    """Self-test: synthetic volumes and the demo study; runs in Slicer (ctest) and headless under Testing/.
+    """Self-test (`MAFM3SlicerLib.self_test`): synthetic volumes, then the demo skills through the worker.
 
-    The inference part runs the skills available here (the demo skills shipped with the core, or installed
-    packs) through the worker, as Apply does. With no skill pack at all it is skipped, with a message.
+    The inference part is skipped, with the reason, when the core, torch or every skill pack is missing; it
+    never passes without having run, and it stops the worker and clears the scene also when it fails.
     """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
+    def tearDown(self):
+        slicer.mrmlScene.Clear()
+
     def runTest(self):
-        self.setUp()
-        self.test_study_check_accepts_a_pet_ct_and_refuses_the_ct_as_pet()
-        self.setUp()
-        self.test_file_round_trip_keeps_voxels_and_oblique_geometry()
-        self.setUp()
-        self.test_demo_skills_run_through_the_worker_into_nodes()
+        for test in (
+            self.test_study_check_accepts_a_pet_ct_and_refuses_the_ct_as_pet,
+            self.test_file_round_trip_keeps_voxels_and_oblique_geometry,
+            self.test_demo_skills_run_through_the_worker_into_nodes,
+        ):
+            self.setUp()
+            try:
+                test()
+            finally:
+                self.tearDown()
 
     def test_study_check_accepts_a_pet_ct_and_refuses_the_ct_as_pet(self):
-        ct, pet = _syntheticPetCt()
-        logic = MAFM3SlicerLogic()
-        self.assertEqual(logic.describeStudy(ct, pet).problems, ())
-        problems = logic.describeStudy(ct, ct).problems
-        self.assertEqual(len(problems), 1)
-        self.assertIn("selected as CT and as PET", problems[0])
+        check_study_description(self, MAFM3SlicerLogic())
 
     def test_file_round_trip_keeps_voxels_and_oblique_geometry(self):
-        import numpy as np
-
-        ct, _pet = _syntheticPetCt()
-        logic = MAFM3SlicerLogic()
-        with tempfile.TemporaryDirectory() as folder:
-            loaded = logic.fileToVolume(logic.volumeToFile(ct, f"{folder}/ct.nrrd"))
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(loaded), slicer.util.arrayFromVolume(ct))
-        np.testing.assert_allclose(_ijkToRas(loaded), _ijkToRas(ct), atol=1e-9)
+        check_file_round_trip(self, MAFM3SlicerLogic())
 
     def test_demo_skills_run_through_the_worker_into_nodes(self):
-        """Demo study -> one skill per task (the PET/CT one where there is a choice) -> nodes, checked against
-        the skills' manifests and the worker's own output files."""
-        import numpy as np
-        import SimpleITK as sitk
-
-        logic = MAFM3SlicerLogic()
-        skills = _oneSkillPerTask(runnable_skills(logic.availableSkills(), has_pet=True))
-        if not skills:
-            self.delayDisplay(
-                "No skill pack is installed or shipped with the mafm3 core: the inference part of the "
-                "self-test is skipped. Install a skill pack (Skill packs > Import skill pack...) to run it."
-            )
-            return
-        study = logic.loadDemoStudy(size="tiny")
-        try:
-            logic.startJob(study.ct, study.pet, study.clinical, [skill.id for skill in skills], device="auto")
-            updates = logic.waitForJob(timeoutSeconds=900)
-        finally:
-            logic.stopWorker()
-        ends = [u for u in updates if u.kind in ("result", "error", "cancelled", "crashed")]
-        self.assertEqual([u.kind for u in ends], ["result"], [f"{u.message}\n{u.detail}" for u in ends])
-        self.assertTrue(any(u.kind == "progress" for u in updates))
-        imported, outDir = ends[0].imported, ends[0].job.out_dir
-        manifests = {
-            skill.id: json.loads((Path(skill.folder) / "manifest.json").read_text()) for skill in skills
-        }
-
-        for skill in (s for s in skills if s.task == "segmentation"):
-            segmentation = imported.segmentation.GetSegmentation()
-            for output in manifests[skill.id]["outputs"]:
-                segment = segmentation.GetSegment(output["name"])
-                self.assertIsNotNone(segment, f"no segment {output['name']}")
-                self.assertEqual(segment.GetName(), output["name"])
-                np.testing.assert_allclose(segment.GetColor(), output["color"], atol=1e-6)
-                terminology = segment_tag(segment, segment.GetTerminologyEntryTagName())
-                self.assertIn(f"SCT^{output['type']['value']}^", terminology)
-            reference = imported.segmentation.GetNodeReference(
-                imported.segmentation.GetReferenceImageGeometryReferenceRole()
-            )
-            self.assertIs(reference, study.ct)
-            labels = np.zeros(slicer.util.arrayFromVolume(study.ct).shape, dtype=np.uint8)
-            for output in manifests[skill.id]["outputs"]:
-                mask = slicer.util.arrayFromSegmentBinaryLabelmap(
-                    imported.segmentation, output["name"], study.ct
-                )
-                labels[mask > 0] = output["label"]
-            ctGrid = image_from_volume(study.ct)
-            written = sitk.Resample(
-                sitk.ReadImage(str(outDir / LABEL_MAP_FILE)),
-                ctGrid,
-                sitk.Transform(),
-                sitk.sitkNearestNeighbor,
-            )
-            np.testing.assert_array_equal(labels, sitk.GetArrayFromImage(written))
-
-        for skill in (s for s in skills if s.task == "prognosis"):
-            prognosis = json.loads((outDir / PROGNOSIS_FILE).read_text())
-            (row,) = [r for r in table_rows(imported.prognosis.table) if r["Skill"] == skill.id]
-            self.assertEqual(row["Risk group"], prognosis["risk_group"])
-            self.assertAlmostEqual(row["Risk score"], prognosis["risk"], places=9)
-            survival = [row[f"S({years} y)"] for years in (1, 2, 3, 5)]
-            known = [s for s in survival if not np.isnan(s)]
-            self.assertTrue(known and all(0.0 <= s <= 1.0 for s in known))
-            self.assertEqual(known, sorted(known, reverse=True))  # S(t) never rises
-            self.assertTrue(imported.prognosis.chart.HasPlotSeriesNodeID(imported.prognosis.series.GetID()))
-        logic.cleanup()
-        self.delayDisplay("Demo skills ran through the worker: " + ", ".join(s.id for s in skills))
-
-
-def _oneSkillPerTask(skills: list[SkillInfo]) -> list[SkillInfo]:
-    """Per segmentation and prognosis task, the skill that uses the most inputs (demo skills first)."""
-    chosen = {}
-    for skill in sorted(skills, key=lambda s: (-len(s.modalities), not s.demo)):
-        if skill.task in ("segmentation", "prognosis"):
-            chosen.setdefault(skill.task, skill)
-    return list(chosen.values())
-
-
-def _ijkToRas(volumeNode):
-    matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(matrix)
-    return slicer.util.arrayFromVTKMatrix(matrix)
-
-
-def _syntheticPetCt():
-    """A small oblique, anisotropic CT (air around soft tissue, in HU) and a coarser PET (SUV) over it."""
-    import numpy as np
-
-    angle = np.radians(20.0)
-    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-    ctVoxels = np.full((12, 16, 20), -1000, dtype=np.int16)  # (z, y, x)
-    ctVoxels[3:9, 4:12, 5:15] = 40
-    ctIjkToRas = np.eye(4)
-    ctIjkToRas[:3, :3] = rotation @ np.diag([0.9, 1.1, 2.5])
-    ctIjkToRas[:3, 3] = (-9.0, 8.0, -15.0)
-    ct = slicer.util.addVolumeFromArray(ctVoxels, ijkToRAS=ctIjkToRas, name="CT")
-    petVoxels = np.full((9, 9, 11), 0.5, dtype=np.float32)  # covers the CT with room to spare
-    petVoxels[3:5, 3:5, 4:6] = 8.0
-    petIjkToRas = np.eye(4)
-    petIjkToRas[:3, :3] = rotation @ np.diag([1.8, 2.2, 3.75])
-    petIjkToRas[:3, 3] = ctIjkToRas[:3, 3]
-    pet = slicer.util.addVolumeFromArray(petVoxels, ijkToRAS=petIjkToRas, name="PET")
-    return ct, pet
+        ran = check_demo_skills_through_the_worker(self, MAFM3SlicerLogic())
+        self.delayDisplay("Demo skills ran through the worker: " + ", ".join(ran))

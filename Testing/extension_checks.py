@@ -148,14 +148,137 @@ def extension_metadata(cmake_file: Path) -> dict[str, list[str]]:
 
 
 def extension_metadata_problems(extension_dir: Path) -> list[str]:
-    """All metadata the Extensions Index shows is set; an icon URL into this repository names a file in it."""
+    """All metadata the Extensions Index shows is set."""
     metadata = extension_metadata(extension_dir / "CMakeLists.txt")
-    problems = [f"{name} is not set." for name in EXTENSION_METADATA if not "".join(metadata.get(name, []))]
-    for url in metadata.get("EXTENSION_ICONURL", []):
-        homepage = "".join(metadata.get("EXTENSION_HOMEPAGE", []))
-        repository_path = url.removeprefix(f"{homepage}/raw/main/")
-        if url.startswith(homepage) and not (extension_dir / repository_path).is_file():
-            problems.append(f"EXTENSION_ICONURL points at {repository_path}, which is not in the repository.")
+    return [f"{name} is not set." for name in EXTENSION_METADATA if not "".join(metadata.get(name, []))]
+
+
+# --- the Extensions Index's rules ---------------------------------------------------------------------------
+# Slicer/ExtensionsIndex's scripts/check_description_files.py reads the top-level CMakeLists.txt as text (it
+# does not expand CMake variables), fetches the icon and screenshot URLs, checks names, category and licence.
+# These checks apply the same rules offline: a URL must be literal and name a file of this repository.
+
+INDEX_CATEGORIES = frozenset(
+    {
+        "Active Learning", "Analysis", "Cardiac", "Converters", "DICOM", "Developer Tools", "Diffusion",
+        "Examples", "Exporter", "Filtering", "IGT", "Image Synthesis", "Informatics", "Neuroimaging",
+        "Nuclear Medicine", "Otolaryngology", "Pipelines", "Planning", "Quantification", "Radiotherapy",
+        "Registration", "Remote", "Rendering", "Segmentation", "Sequences", "Shape Analysis", "Simulation",
+        "Surface Models", "Tomographic Reconstruction", "Tracking", "Tractography", "Training", "Ultrasound",
+        "Utilities", "Virtual Reality", "Wizards",
+    }
+)  # fmt: skip
+REPOSITORY_NAME_PREFIXES = ("Slicer", "Slicer-", "Slicer_", "SlicerExtension-", "SlicerExtension_")
+LICENSE_FILE_NAMES = (
+    "LICENSE",
+    "LICENCE",
+    "License.txt",
+    "license.txt",
+    "LICENSE.txt",
+    "COPYING",
+    "COPYING.txt",
+)
+INDEX_SIZE_LIMIT_MB = 100
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
+_LITERAL_SET = r'set\s*\(\s*{name}\s+"([^"]*)"\s*\)'
+_GITHUB_REPOSITORY = re.compile(r"https://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?/?$")
+_RAW_FILE = re.compile(r"https://raw\.githubusercontent\.com/([\w.-]+)/([\w.-]+)/[\w.-]+/(.+)$")
+# The licence named in the core's pyproject.toml -> a phrase its full text contains.
+_LICENSE_PHRASES = {
+    "Apache-2.0": "Apache License\n                           Version 2.0",
+    "MIT": "MIT License",
+}
+
+
+def _literal(cmake_text: str, name: str) -> str | None:
+    """The value of `set(NAME "...")` as the Index reads it: the quoted text, nothing expanded."""
+    match = re.search(_LITERAL_SET.format(name=name), cmake_text)
+    return match.group(1) if match else None
+
+
+def _repository_file_problems(
+    url: str, variable: str, owner_repo: tuple[str, str] | None, root: Path
+) -> list[str]:
+    if "${" in url:
+        return [
+            f"{variable} uses a CMake variable ({url}); the Index reads it literally, so write the URL out."
+        ]
+    match = _RAW_FILE.match(url)
+    if match is None:
+        return [
+            f"{variable} {url} is not an https://raw.githubusercontent.com/<owner>/<repository>/<branch>/"
+            "<path> URL."
+        ]
+    if owner_repo is not None and (match.group(1), match.group(2)) != owner_repo:
+        return [f"{variable} {url} points into another repository than EXTENSION_HOMEPAGE."]
+    path = root / match.group(3)
+    if not path.is_file():
+        return [f"{variable} {url} names {match.group(3)}, which is not in the repository."]
+    if not path.read_bytes().startswith(_IMAGE_MAGIC):
+        return [f"{variable} {url} names {match.group(3)}, which is not a PNG, JPEG or GIF image."]
+    return []
+
+
+def _tracked_size_mb(root: Path) -> float:
+    skipped = {".git", ".venv", "build", "__pycache__", ".pytest_cache", ".ruff_cache"}
+    return (
+        sum(
+            path.stat().st_size
+            for path in root.rglob("*")
+            if path.is_file() and not skipped & set(path.parts)
+        )
+        / 2**20
+    )
+
+
+def extensions_index_problems(root: Path, core_license: str) -> list[str]:
+    """The Extensions Index's checks on an extension's top-level CMakeLists.txt and repository, offline.
+
+    root: the repository; core_license: the licence the core declares (its pyproject's `license.text`).
+    """
+    text = (root / "CMakeLists.txt").read_text(encoding="utf-8")
+    problems = []
+    project = re.search(r"project\s*\(\s*([^\s)]+)", text, re.IGNORECASE)
+    name = project.group(1).strip("\"'") if project else None
+    if name is None:
+        problems.append(
+            "The top-level CMakeLists.txt declares no project(): the Index takes the name from it."
+        )
+    elif name.lower().startswith("slicer"):
+        problems.append(f"The extension name {name} starts with 'Slicer'; the Index asks for it without.")
+    homepage = _literal(text, "EXTENSION_HOMEPAGE") or ""
+    repository = _GITHUB_REPOSITORY.match(homepage)
+    if repository is None:
+        problems.append(
+            f"EXTENSION_HOMEPAGE {homepage!r} is not a literal https://github.com/<owner>/<repository>."
+        )
+    elif not repository.group(2).startswith(REPOSITORY_NAME_PREFIXES):
+        problems.append(
+            f"The repository name {repository.group(2)} does not start with 'Slicer', as the Index asks "
+            f"(e.g. Slicer{name})."
+        )
+    category = _literal(text, "EXTENSION_CATEGORY")
+    if category not in INDEX_CATEGORIES:
+        problems.append(f"EXTENSION_CATEGORY {category!r} is not a category the Index accepts.")
+    owner_repo = (repository.group(1), repository.group(2)) if repository else None
+    icon = _literal(text, "EXTENSION_ICONURL")
+    if icon is None:
+        problems.append('No literal set(EXTENSION_ICONURL "...") in the top-level CMakeLists.txt.')
+    else:
+        problems += _repository_file_problems(icon, "EXTENSION_ICONURL", owner_repo, root)
+    screenshots = _literal(text, "EXTENSION_SCREENSHOTURLS")
+    if not screenshots:
+        problems.append('No literal set(EXTENSION_SCREENSHOTURLS "...") in the top-level CMakeLists.txt.')
+    for url in (screenshots or "").split():
+        problems += _repository_file_problems(url, "EXTENSION_SCREENSHOTURLS", owner_repo, root)
+    license_file = next((root / n for n in LICENSE_FILE_NAMES if (root / n).is_file()), None)
+    if license_file is None:
+        problems.append("No licence file (LICENSE.txt) in the repository root.")
+    elif _LICENSE_PHRASES.get(core_license, core_license) not in license_file.read_text(encoding="utf-8"):
+        problems.append(f"{license_file.name} is not the {core_license} licence the core declares.")
+    size_mb = _tracked_size_mb(root)
+    if size_mb > INDEX_SIZE_LIMIT_MB:
+        problems.append(f"The repository holds {size_mb:.0f} MB, over the Index's {INDEX_SIZE_LIMIT_MB} MB.")
     return problems
 
 
@@ -352,5 +475,47 @@ def import_problems(module_dir: Path, module_name: str) -> list[str]:
                 if _matches(module, QT_MODULES):
                     problems.append(
                         f"{relative}:{line} imports {module} at module level; import it in the Widget."
+                    )
+    return problems
+
+
+# --- dialogs and the wait cursor ----------------------------------------------------------------------------
+
+_DIALOGS = ("confirmOkCancelDisplay", "confirmYesNoDisplay", "confirmRetryCloseDisplay", "getOpenFileName")
+
+
+def _calls_in(node: ast.AST) -> set[str]:
+    """Names of the functions and methods called anywhere under `node`."""
+    return {
+        call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+        for call in ast.walk(node)
+        if isinstance(call, ast.Call)
+    }
+
+
+def wait_cursor_dialog_problems(module_file: Path) -> list[str]:
+    """No confirmation dialog opens under a wait cursor: inside `with ...(waitCursor=True):` the user would
+    be asked a question while Slicer shows it is busy. Methods the block calls are followed, one class deep.
+    """
+    tree = ast.parse(module_file.read_text(), filename=str(module_file))
+    problems = []
+    for cls in (node for node in tree.body if isinstance(node, ast.ClassDef)):
+        methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
+        for method in methods.values():
+            for block in (node for node in ast.walk(method) if isinstance(node, ast.With)):
+                waits = any(
+                    keyword.arg == "waitCursor" and getattr(keyword.value, "value", False) is True
+                    for item in block.items
+                    if isinstance(item.context_expr, ast.Call)
+                    for keyword in item.context_expr.keywords
+                )
+                if not waits:
+                    continue
+                called = set().union(*(_calls_in(statement) for statement in block.body))
+                called |= set().union(*(_calls_in(methods[name]) for name in called & set(methods)), set())
+                for dialog in sorted(called & set(_DIALOGS)):
+                    problems.append(
+                        f"{cls.name}.{method.name} (line {block.lineno}) opens {dialog} under a wait cursor; "
+                        "ask before the waitCursor block."
                     )
     return problems

@@ -1,13 +1,16 @@
 """The classic extension mistakes are absent from the tree, and each check catches them in a broken copy."""
 
+import re
 import shutil
 import struct
 from pathlib import Path
 
 import pytest
+import tomllib
 from extension_checks import (
     extension_metadata,
     extension_metadata_problems,
+    extensions_index_problems,
     import_problems,
     module_file_problems,
     parameter_binding_problems,
@@ -16,6 +19,7 @@ from extension_checks import (
     subdirectory_problems,
     ui_name_problems,
     unittest_registration_problems,
+    wait_cursor_dialog_problems,
 )
 
 REPOSITORY_DIR = Path(__file__).resolve().parent.parent
@@ -109,14 +113,116 @@ def test_a_subdirectory_without_cmakelists_is_reported(tmp_path):
     assert problem.endswith("adds MAFM3Slicer, which has no CMakeLists.txt.")
 
 
-def test_missing_metadata_and_an_icon_url_into_nowhere_are_reported(tmp_path):
+def test_missing_metadata_is_reported(tmp_path):
     text = (REPOSITORY_DIR / "CMakeLists.txt").read_text()
     (tmp_path / "CMakeLists.txt").write_text(text.replace('set(EXTENSION_CATEGORY "Segmentation")', ""))
-    problems = extension_metadata_problems(tmp_path)  # a copy without the module folder: the icon is missing
-    assert problems == [
-        "EXTENSION_CATEGORY is not set.",
-        "EXTENSION_ICONURL points at MAFM3Slicer/Resources/Icons/MAFM3Slicer.png, "
-        "which is not in the repository.",
+    assert extension_metadata_problems(tmp_path) == ["EXTENSION_CATEGORY is not set."]
+
+
+# --- the Extensions Index's rules ---------------------------------------------------------------------------
+
+CORE_LICENSE = tomllib.loads((REPOSITORY_DIR / "python_core" / "pyproject.toml").read_text())["project"][
+    "license"
+]["text"]
+
+
+@pytest.fixture
+def extension_copy(tmp_path) -> Path:
+    """What the Index checks of the repository: top-level CMakeLists.txt, licence, icon and screenshots."""
+    copy = tmp_path / "repository"
+    for relative in ("CMakeLists.txt", "LICENSE.txt", "Resources", "MAFM3Slicer/Resources/Icons"):
+        source = REPOSITORY_DIR / relative
+        target = copy / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
+    return copy
+
+
+def _edit_cmake(root: Path, old: str, new: str) -> None:
+    cmake = root / "CMakeLists.txt"
+    text = cmake.read_text()
+    assert old in text
+    cmake.write_text(text.replace(old, new))
+
+
+def test_the_extension_passes_the_extensions_index_rules():
+    assert extensions_index_problems(REPOSITORY_DIR, CORE_LICENSE) == []
+
+
+def test_the_licence_at_the_root_is_the_cores_licence():
+    assert CORE_LICENSE == "Apache-2.0"
+    assert (
+        "Apache License\n                           Version 2.0, January 2004"
+        in (REPOSITORY_DIR / "LICENSE.txt").read_text()
+    )
+
+
+def test_the_module_help_links_its_documentation_at_the_extensions_homepage_and_names_the_minimum_slicer(
+    mafm3_slicer,
+):
+    import types
+
+    parent = types.SimpleNamespace()
+    mafm3_slicer.MAFM3Slicer(parent)
+    homepage = "".join(extension_metadata(REPOSITORY_DIR / "CMakeLists.txt")["EXTENSION_HOMEPAGE"])
+    assert f'<a href="{homepage}#readme">' in parent.helpText
+    description = "".join(extension_metadata(REPOSITORY_DIR / "CMakeLists.txt")["EXTENSION_DESCRIPTION"])
+    minimum = f"3D Slicer {mafm3_slicer.MINIMUM_SLICER} or later"
+    assert minimum in parent.helpText and minimum in description
+
+
+def test_a_url_through_a_cmake_variable_is_refused_because_the_index_does_not_expand_it(extension_copy):
+    _edit_cmake(
+        extension_copy,
+        'set(EXTENSION_ICONURL "https://raw.githubusercontent.com/MAFM3Slicer/SlicerMAFM3/main/',
+        'set(EXTENSION_ICONURL "${EXTENSION_HOMEPAGE}/raw/main/',
+    )
+    (problem,) = extensions_index_problems(extension_copy, CORE_LICENSE)
+    assert problem.startswith("EXTENSION_ICONURL uses a CMake variable")
+
+
+def test_a_screenshot_that_is_not_in_the_repository_or_not_an_image_is_refused(extension_copy):
+    screenshots = sorted((extension_copy / "Resources" / "Screenshots").glob("*.png"))
+    screenshots[0].unlink()
+    screenshots[1].write_text("a mock-up described in words")
+
+    problems = extensions_index_problems(extension_copy, CORE_LICENSE)
+
+    assert sorted(re.sub(r" https://\S+", "", p) for p in problems) == [
+        f"EXTENSION_SCREENSHOTURLS names Resources/Screenshots/{screenshots[0].name}, which is not in the "
+        "repository.",
+        f"EXTENSION_SCREENSHOTURLS names Resources/Screenshots/{screenshots[1].name}, which is not a PNG, "
+        "JPEG or GIF image.",
+    ]
+
+
+def test_names_against_the_index_rules_and_an_unknown_category_are_refused(extension_copy):
+    _edit_cmake(extension_copy, "project(MAFM3Slicer)", "project(SlicerMAFM3)")
+    _edit_cmake(
+        extension_copy,
+        '"https://github.com/MAFM3Slicer/SlicerMAFM3"',
+        '"https://github.com/MAFM3Slicer/MAFM3"',
+    )
+    _edit_cmake(extension_copy, 'set(EXTENSION_CATEGORY "Segmentation")', 'set(EXTENSION_CATEGORY "AI")')
+
+    problems = extensions_index_problems(extension_copy, CORE_LICENSE)
+
+    assert problems[:3] == [
+        "The extension name SlicerMAFM3 starts with 'Slicer'; the Index asks for it without.",
+        "The repository name MAFM3 does not start with 'Slicer', as the Index asks (e.g. SlicerSlicerMAFM3).",
+        "EXTENSION_CATEGORY 'AI' is not a category the Index accepts.",
+    ]
+    assert all("points into another repository" in p for p in problems[3:]) and len(problems) == 6
+
+
+def test_a_missing_or_different_licence_is_refused(extension_copy):
+    (extension_copy / "LICENSE.txt").write_text("MIT License\n\nCopyright (c) MAFM3Slicer contributors\n")
+    assert extensions_index_problems(extension_copy, CORE_LICENSE) == [
+        "LICENSE.txt is not the Apache-2.0 licence the core declares."
+    ]
+    (extension_copy / "LICENSE.txt").unlink()
+    assert extensions_index_problems(extension_copy, CORE_LICENSE) == [
+        "No licence file (LICENSE.txt) in the repository root."
     ]
 
 
@@ -192,3 +298,24 @@ def test_torch_anywhere_and_qt_in_the_lib_or_at_module_level_are_reported(module
         "MAFM3SlicerLib/worker.py:1 imports qt; MAFM3SlicerLib must stay Qt-free.",
         "MAFM3SlicerLib/worker.py:5 imports torch; the GUI process must not load the model.",
     ]
+
+
+def test_no_confirmation_is_asked_under_a_wait_cursor():
+    assert wait_cursor_dialog_problems(MODULE_FILE) == []
+
+
+def test_a_confirmation_inside_a_wait_cursor_block_is_reported(tmp_path):
+    module_file = tmp_path / "MAFM3Slicer.py"
+    text = MODULE_FILE.read_text()
+    asks_first = """        with slicer.util.tryWithErrorDisplay(_("Could not install the dependencies.")):"""
+    assert asks_first in text
+    module_file.write_text(
+        text.replace(asks_first, asks_first.replace('dependencies."))', 'dependencies."), waitCursor=True)'))
+    )
+
+    (problem,) = wait_cursor_dialog_problems(module_file)
+
+    assert problem.startswith("MAFM3SlicerWidget.onApplyButton (line ")
+    assert problem.endswith(
+        "opens confirmOkCancelDisplay under a wait cursor; ask before the waitCursor block."
+    )

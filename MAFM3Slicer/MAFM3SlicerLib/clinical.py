@@ -21,6 +21,7 @@ N_STAGE_CHOICES = (UNKNOWN, "Nx", "N0", "N1", "N2", "N2a", "N2b", "N2c", "N3", "
 M_STAGE_CHOICES = (UNKNOWN, "Mx", "M0", "M1")
 
 NUMBER_FIELDS = ("age", "weight")  # years, kg; 0 = unknown
+NUMBER_RANGES = {"age": (0.0, 120.0), "weight": (0.0, 300.0)}  # what the panel's spin boxes accept
 YES_NO_FIELDS = ("tobacco", "alcohol", "hpv", "surgery", "chemotherapy")
 CLINICAL_FIELDS = (
     "age",
@@ -71,9 +72,7 @@ def panel_values(record: Mapping[str, object]) -> dict:
     for name in CLINICAL_FIELDS:
         value = record.get(_snake_case(name))
         if name in NUMBER_FIELDS:
-            panel[name] = (
-                float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
-            )
+            panel[name] = float(value) if _number_in_range(name, value) else 0.0
             continue
         if name in YES_NO_FIELDS and isinstance(value, bool):
             value = "yes" if value else "no"
@@ -81,6 +80,27 @@ def panel_values(record: Mapping[str, object]) -> dict:
             value = str(value)
         panel[name] = value if value in CHOICES[name] else UNKNOWN
     return panel
+
+
+def panel_problems(record: Mapping[str, object]) -> list[str]:
+    """One sentence per number of `record` that the panel cannot show (out of its range), so it is left
+    unknown there instead of raising inside the parameter node's observer."""
+    problems = []
+    for name in NUMBER_FIELDS:
+        value = record.get(_snake_case(name))
+        if value is not None and not _number_in_range(name, value):
+            low, high = NUMBER_RANGES[name]
+            problems.append(
+                f"The study's {name} ({value!r}) is outside {low:g}-{high:g}, so it is left unknown; "
+                "enter it "
+                "by hand if it is right."
+            )
+    return problems
+
+
+def _number_in_range(name: str, value: object) -> bool:
+    low, high = NUMBER_RANGES[name]
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
 
 
 def _snake_case(camel_case: str) -> str:

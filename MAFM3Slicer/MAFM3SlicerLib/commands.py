@@ -30,9 +30,14 @@ def worker_python() -> str:
     return shutil.which("PythonSlicer") or sys.executable
 
 
+def python_module_command(python: str | os.PathLike, module: str, *arguments) -> list[str]:
+    """`<python> -m <module> <arguments...>`, every argument as a string."""
+    return [str(python), "-m", module, *(str(argument) for argument in arguments)]
+
+
 def mafm3_command(python: str | os.PathLike, *arguments) -> list[str]:
     """`<python> -m mafm3 <arguments...>`, every argument as a string."""
-    return [str(python), "-m", "mafm3", *(str(argument) for argument in arguments)]
+    return python_module_command(python, "mafm3", *arguments)
 
 
 def demo_study_command(python, out_dir, seed: int = 0, size: str = "small") -> list[str]:

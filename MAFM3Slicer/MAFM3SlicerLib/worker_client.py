@@ -17,23 +17,42 @@ caller's thread.
 
 After either, the next `submit_run` starts a new worker by itself, without blocking: the new worker's `ready`
 event arrives through `poll()` like any other.
+
+Inside Slicer the worker is started as `PythonSlicer -m mafm3.worker`. PythonSlicer is the CTK application
+launcher: it sets up the environment, starts `python-real` as its child with the same pipes, and waits for it.
+Killing the launcher alone would leave that child running (with the pipes, the model and its GPU memory), so a
+kill here ends the worker itself: on POSIX the launcher starts in a process group of its own and the whole
+group is killed; everywhere the worker's own pid (from its `ready` event) is killed too. Nothing on the
+caller's thread waits for a process or a pipe: a background reaper waits for the exit, ends the readers and
+closes the pipes. A worker whose client died (Slicer killed) sees the end of its stdin and exits by itself.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
 import os
 import queue
+import signal
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 
 JOB_ENDS = frozenset({"result", "error", "cancelled", "crashed"})
-_END_OF_OUTPUT = object()  # queued by the stdout reader when the worker's stdout closes
 _READ_SLICE_S = 0.05  # how long one wait for an event lasts inside a blocking poll
-_EXIT_WAIT_S = 5.0  # how long an exited (or killed) worker may take to close its pipes
+_EXIT_WAIT_S = 5.0  # how long an exited (or killed) worker may take to close its pipes (reader threads)
+_POSIX = os.name == "posix"
+
+
+@dataclass(frozen=True)
+class _Exited:
+    """Queued by the stdout reader once the worker's stdout closed and its process exited."""
+
+    returncode: int | None
+    stderr_tail: str
 
 
 class WorkerStartError(RuntimeError):
@@ -41,7 +60,11 @@ class WorkerStartError(RuntimeError):
 
 
 class _Process:
-    """One worker process: its pipes, a thread queueing its stdout events, one keeping its stderr tail."""
+    """One worker process: its pipes, a thread queueing its stdout events, one keeping its stderr tail.
+
+    The stdout reader also waits for the exit once stdout closes and queues `_Exited`, so the caller learns of
+    an exit (with its code) without ever waiting itself.
+    """
 
     def __init__(self, args: list[str], env: dict | None, stderr_lines: int):
         self.popen = subprocess.Popen(
@@ -54,16 +77,20 @@ class _Process:
             errors="replace",
             bufsize=1,
             env=env,
+            start_new_session=_POSIX,  # its own process group: a kill reaches the launcher's child as well
             creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # no console window on Windows
         )
+        self.worker_pid: int | None = None  # the process that runs the worker (the launcher's child)
         self.events: queue.Queue = queue.Queue()
         self.stderr: collections.deque[str] = collections.deque(maxlen=stderr_lines)
-        self._readers = [
-            threading.Thread(target=self._read_stdout, name="mafm3-worker-stdout", daemon=True),
-            threading.Thread(target=self._read_stderr, name="mafm3-worker-stderr", daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
+        self._stderr_reader = threading.Thread(
+            target=self._read_stderr, name="mafm3-worker-stderr", daemon=True
+        )
+        self._stdout_reader = threading.Thread(
+            target=self._read_stdout, name="mafm3-worker-stdout", daemon=True
+        )
+        self._stderr_reader.start()
+        self._stdout_reader.start()
 
     def _read_stdout(self) -> None:
         for line in iter(self.popen.stdout.readline, ""):
@@ -75,7 +102,10 @@ class _Process:
                 self.events.put(event)
             else:  # the worker keeps stdout for protocol lines; anything else is kept as a diagnostic
                 self.stderr.append(f"(stdout) {line.rstrip()}")
-        self.events.put(_END_OF_OUTPUT)
+        returncode = self.popen.wait()
+        self._stderr_reader.join(_EXIT_WAIT_S)
+        self._close_pipes()
+        self.events.put(_Exited(returncode, self.stderr_tail()))
 
     def _read_stderr(self) -> None:
         for line in iter(self.popen.stderr.readline, ""):
@@ -92,21 +122,27 @@ class _Process:
     def stderr_tail(self) -> str:
         return "\n".join(self.stderr)
 
-    def finish(self, timeout_s: float) -> int | None:
-        """Wait for the exit (kill after `timeout_s`), let the readers end, close the pipes; the exit code."""
-        try:
-            self.popen.wait(timeout_s)
-        except subprocess.TimeoutExpired:
+    def kill(self) -> None:
+        """Kill the worker and its launcher now, without waiting; a daemon thread reaps them afterwards."""
+        if _POSIX:
+            with contextlib.suppress(OSError):
+                os.killpg(self.popen.pid, signal.SIGKILL)  # the launcher's group: launcher and worker
+        if self.worker_pid is not None and self.worker_pid != self.popen.pid:
+            with contextlib.suppress(OSError):  # e.g. on Windows, where the launcher's child is not grouped
+                os.kill(self.worker_pid, signal.SIGKILL if _POSIX else signal.SIGTERM)
+        with contextlib.suppress(OSError):
             self.popen.kill()
-            self.popen.wait(timeout_s)
-        for reader in self._readers:
-            reader.join(timeout_s)
+        threading.Thread(target=self._reap, name="mafm3-worker-reaper", daemon=True).start()
+
+    def _reap(self) -> None:
+        self.popen.wait()
+        self._stdout_reader.join(_EXIT_WAIT_S)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
         for pipe in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 pipe.close()
-            except OSError:
-                pass
-        return self.popen.returncode
 
 
 class WorkerClient:
@@ -222,8 +258,9 @@ class WorkerClient:
             events += self.poll(min(remaining, 1.0))
         return events
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Shut the worker down (a running job is cancelled first); kill it after `timeout_s`.
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Shut the worker down (a running job is cancelled first); kill it (launcher and worker) if it has
+        not exited after `timeout_s`. The only call here that waits, and never longer than `timeout_s`.
 
         Events it sent on the way out (the job's `cancelled`, `bye`) are still returned by `poll()`.
         """
@@ -232,15 +269,11 @@ class WorkerClient:
             return
         self._stopping = True
         process.send({"id": self._new_id("shutdown"), "op": "shutdown"})
-        try:
-            process.popen.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.popen.kill()
         deadline = time.monotonic() + timeout_s
         while self._process is process and time.monotonic() < deadline:
             self._collect(_READ_SLICE_S)
         if self._process is process:
-            self._on_exit(process)
+            self._kill()
 
     def is_alive(self) -> bool:
         """Whether a worker process is running now."""
@@ -261,28 +294,33 @@ class WorkerClient:
         return request_id
 
     def _launch(self) -> str:
-        """Start a new worker (after collecting what the previous one left) and send `hello`; its id."""
-        deadline = time.monotonic() + _EXIT_WAIT_S
-        while self._process is not None and time.monotonic() < deadline:
-            self._collect(_READ_SLICE_S)
-        if self._process is not None:
+        """Start a new worker and send `hello`; returns its id. What the previous one left is collected first;
+        one that exited is reported as an exit (a crash, unless it was stopped), one still there is killed."""
+        self._collect()
+        process = self._process
+        if process is not None and process.popen.poll() is not None:
+            self._on_exit(process, _Exited(process.popen.returncode, process.stderr_tail()))
+        elif process is not None:
             self._kill()
         self._process = _Process([self.python_executable, "-m", "mafm3.worker"], self.env, self.stderr_lines)
         self._stopping = False
         return self._send_request("hello")
 
     def _collect(self, block_s: float = 0.0) -> None:
-        """Move the worker's queued events into `_pending`; notice its exit; enforce cancel deadlines."""
+        """Move the worker's queued events into `_pending`; notice its exit; enforce cancel deadlines.
+
+        Waits at most `block_s` for the first event, and never for a process or a pipe.
+        """
         process = self._process
         if process is None:
             return
         try:
             item = process.events.get(timeout=block_s) if block_s > 0 else process.events.get_nowait()
             while True:
-                if item is _END_OF_OUTPUT:
-                    self._on_exit(process)
+                if isinstance(item, _Exited):
+                    self._on_exit(process, item)
                     return
-                self._on_event(item)
+                self._on_event(process, item)
                 item = process.events.get_nowait()
         except queue.Empty:
             pass
@@ -290,24 +328,22 @@ class WorkerClient:
         if any(deadline is not None and now >= deadline for deadline in self._runs_in_flight.values()):
             self._kill()
 
-    def _on_event(self, event: dict) -> None:
+    def _on_event(self, process: _Process, event: dict) -> None:
         if event.get("event") == "ready":
             self.ready = event
+            process.worker_pid = event.get("pid")
         if event.get("event") in JOB_ENDS:
             self._runs_in_flight.pop(event.get("id"), None)
         self._pending.append(event)
 
-    def _on_exit(self, process: _Process) -> None:
-        """The worker's stdout closed: it exited. Unless asked to, every run in flight crashed with it."""
-        self._retire(process)
+    def _on_exit(self, process: _Process, exited: _Exited) -> None:
+        """The worker exited. Unless asked to, every run in flight crashed with it."""
+        self._process = None
+        self._last_returncode, self._last_stderr = exited.returncode, exited.stderr_tail
         if self._stopping:
             ended = [{"id": run_id, "event": "cancelled", "forced": True} for run_id in self._runs_in_flight]
         else:
-            crash = {
-                "event": "crashed",
-                "returncode": self._last_returncode,
-                "stderr_tail": self._last_stderr,
-            }
+            crash = {"event": "crashed", "returncode": exited.returncode, "stderr_tail": exited.stderr_tail}
             ended = [{"id": run_id, **crash} for run_id in self._runs_in_flight or [None]]
         self._runs_in_flight.clear()
         self._pending += ended
@@ -317,15 +353,10 @@ class WorkerClient:
         process = self._process
         if process is None:
             return
-        process.popen.kill()
-        self._retire(process)
+        process.kill()
+        self._process = None
+        self._last_returncode, self._last_stderr = None, process.stderr_tail()
         self._pending += [
             {"id": run_id, "event": "cancelled", "forced": True} for run_id in self._runs_in_flight
         ]
         self._runs_in_flight.clear()
-
-    def _retire(self, process: _Process) -> None:
-        """Wait for the exited (or killed) process, keep its exit code and stderr, forget it."""
-        self._last_returncode = process.finish(_EXIT_WAIT_S)
-        self._last_stderr = process.stderr_tail()
-        self._process = None

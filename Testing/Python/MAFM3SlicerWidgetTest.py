@@ -78,6 +78,22 @@ class MAFM3SlicerWidgetTest(unittest.TestCase):
         )
         self.assertEqual(self.widget.ui.sexComboBox.currentText, "M")
 
+    def test_a_clinical_number_out_of_the_panels_range_is_left_unknown_and_reported(self):
+        ct = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Old CT")
+        ct.SetAttribute(CLINICAL_ATTRIBUTE, json.dumps({"age": 150.0, "sex": "F"}))
+        self.parameters.inputCT = ct  # must not raise inside the parameter node's observer
+        self.assertEqual((self.parameters.age, self.parameters.sex), (0.0, "F"))
+        self.assertIn("age (150.0) is outside 0-120", self.widget.ui.statusLabel.text)
+
+    def test_the_demo_study_loads_by_name_from_sample_data_before_anything_is_installed(self):
+        import SampleData
+
+        ct = SampleData.downloadSample("MAFM3 demo PET/CT")
+        self.assertEqual(ct.GetName(), "MAFM3 demo CT")
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("MAFM3 demo PET"))
+        self.parameters.inputCT = ct
+        self.assertNotEqual(self.parameters.sex, "unknown")  # the shipped study's clinical record
+
     def test_apply_on_a_single_slice_reports_it_in_the_results(self):
         if not self.widget.logic.dependencyStatus().ready:
             self.skipTest("torch and the mafm3 core are not installed in this Slicer")

@@ -15,6 +15,8 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from mafm3.imaging.io import write_dicom_file
+
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
 
@@ -156,7 +158,7 @@ def write_dicom_series(
             setattr(dataset, key, value)
         dataset.PixelData = stored.astype(np.int16 if modality == "CT" else np.uint16).tobytes()
         path = folder / f"{modality}_{k:03d}.dcm"
-        dataset.save_as(path, enforce_file_format=True)
+        write_dicom_file(dataset, path)
         files.append(path)
     return files
 

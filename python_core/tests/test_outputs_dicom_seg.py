@@ -161,3 +161,22 @@ def test_a_ct_without_its_type2_patient_attributes_still_gets_a_seg(ct_series, t
     seg = hd.seg.segread(write_dicom_seg(_result_on(ct), paths, tmp_path / "segmentation.dcm"))
     assert seg.PatientBirthDate == "" and seg.PatientSex == "" and seg.PatientID == "P1"
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
+
+
+def test_dicom_seg_is_refused_in_one_sentence_where_only_an_old_highdicom_fits(
+    ct_series, tmp_path, monkeypatch
+):
+    """Inside 3D Slicer 5.10 (pydicom 2.4.4) pip can only pick highdicom 0.22, which fails on numpy 2."""
+    import mafm3.outputs.dicom_seg as dicom_seg
+
+    real_version = dicom_seg.metadata.version
+    monkeypatch.setattr(
+        dicom_seg.metadata, "version", lambda name: "0.22.0" if name == "highdicom" else real_version(name)
+    )
+    paths, ct, _series_uid = ct_series
+
+    with pytest.raises(
+        MAFM3Error, match=r"needs highdicom 0\.23 or newer.*this Python has highdicom 0\.22\.0"
+    ):
+        write_dicom_seg(_result_on(ct), paths, tmp_path / "seg.dcm")
+    assert not (tmp_path / "seg.dcm").exists()

@@ -34,6 +34,7 @@ from pydicom.valuerep import DSfloat
 
 from mafm3.demo.constants import DEMO_NOTICE
 from mafm3.demo.study import SyntheticStudy
+from mafm3.imaging.io import write_dicom_file
 
 
 def _ds(value: float) -> DSfloat:
@@ -123,7 +124,7 @@ def write_ct_series(study: SyntheticStudy, folder: Path) -> list[Path]:
         ds = _slice(common, study.ct, index, CTImageStorage, _uid(study, "CT", index))
         ds.PixelData = (hu[index].astype(np.int16) + np.int16(1024)).tobytes()
         paths.append(folder / f"CT_{index + 1:04d}.dcm")
-        ds.save_as(paths[-1], enforce_file_format=True)
+        write_dicom_file(ds, paths[-1])
     return paths
 
 
@@ -171,5 +172,5 @@ def write_pet_series(study: SyntheticStudy, folder: Path) -> list[Path]:
         stored = np.rint(bq_per_ml[index] / float(ds.RescaleSlope))
         ds.PixelData = np.clip(stored, 0, 65535).astype(np.uint16).tobytes()
         paths.append(folder / f"PT_{index + 1:04d}.dcm")
-        ds.save_as(paths[-1], enforce_file_format=True)
+        write_dicom_file(ds, paths[-1])
     return paths

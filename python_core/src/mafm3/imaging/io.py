@@ -226,6 +226,19 @@ def write_image(image: sitk.Image, path: str | Path) -> Path:
     return path
 
 
+def write_dicom_file(dataset: pydicom.Dataset, path: str | Path) -> Path:
+    """Write `dataset` as a DICOM Part 10 file (preamble, file meta group from `dataset.file_meta`).
+
+    Works with pydicom 3 and with pydicom 2.4, the version 3D Slicer 5.10 bundles (the Slicer module installs
+    the core next to it and never replaces it); the two spell the same request differently.
+    """
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        dataset.save_as(path, enforce_file_format=True)
+    else:
+        dataset.save_as(path, write_like_original=False)
+    return Path(path)
+
+
 def _read_dicom_folder(folder: Path, modality: str, series_uid: str | None) -> tuple[sitk.Image, dict]:
     series = list_dicom_series(folder)
     if not series:

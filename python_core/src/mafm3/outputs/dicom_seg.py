@@ -2,14 +2,20 @@
 
 The label map lies on the CT grid as SimpleITK read it from the DICOM files, so each CT slice is label slice k
 for the k where its ImagePositionPatient falls; frame k of the SEG is written against that slice.
+
+highdicom is optional (the `dicom-seg` extra) and imported only here, when a SEG is written: its versions that
+work with numpy 2 (0.23 and later) need pydicom 3, and 3D Slicer 5.10 bundles pydicom 2.4.4, which the Slicer
+module never replaces. Inside such a Slicer the core runs without it and refuses `--dicom-seg` in one
+sentence.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import SimpleITK as sitk
@@ -20,13 +26,41 @@ from mafm3.errors import MAFM3Error
 from mafm3.outputs.segmentation import label_statistics
 from mafm3.results import CodedConcept, SegmentationResult
 
+if TYPE_CHECKING:
+    import highdicom as hd
+
 SEG_SERIES_NUMBER = 9100
 # Tolerances of the slice match: positions are decimal strings of at most 16 characters in DICOM.
 _POSITION_TOLERANCE_VOXELS = 1e-2
 _COSINE_TOLERANCE = 1e-4
+HIGHDICOM_MINIMUM = (0, 23)  # the first highdicom that works with numpy 2 (and needs pydicom 3)
 
 
-def _coded(concept: CodedConcept) -> hd.sr.CodedConcept:
+def import_highdicom():
+    """highdicom, imported now.
+
+    Raises:
+        MAFM3Error: it is not installed, or too old for this numpy (e.g. inside 3D Slicer 5.10, whose
+            pydicom 2.4.4 allows only highdicom 0.22).
+    """
+    try:
+        version = metadata.version("highdicom")
+    except metadata.PackageNotFoundError:
+        version = None
+    if version is None or tuple(int(part) for part in version.split(".")[:2]) < HIGHDICOM_MINIMUM:
+        found = f"highdicom {version}" if version else "no highdicom"
+        raise MAFM3Error(
+            "DICOM SEG export needs highdicom 0.23 or newer, which needs pydicom 3, and this Python has "
+            f"{found} with pydicom {pydicom.__version__} (3D Slicer 5.10 bundles pydicom 2.4.4); write "
+            "segmentation.seg.nrrd instead (in Slicer, export it with the DICOM module), or install "
+            "'mafm3[dicom-seg]' in a Python of its own."
+        )
+    import highdicom
+
+    return highdicom
+
+
+def _coded(hd, concept: CodedConcept) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(concept.value, concept.scheme, concept.meaning)
 
 
@@ -113,6 +147,7 @@ def write_dicom_seg(
     Raises:
         MAFM3Error: the CT was not read from DICOM, or `ct_dicom_paths` is not the CT's series.
     """
+    hd = import_highdicom()
     if not ct_dicom_paths:
         raise MAFM3Error(
             "DICOM SEG needs a DICOM CT input; the CT was not read from a DICOM series, so use "
@@ -136,8 +171,8 @@ def write_dicom_seg(
         hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=spec.name,
-            segmented_property_category=_coded(spec.category),
-            segmented_property_type=_coded(spec.type),
+            segmented_property_category=_coded(hd, spec.category),
+            segmented_property_type=_coded(hd, spec.type),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             tracking_uid=hd.UID(),

@@ -1,0 +1,286 @@
+"""What the module does, without the GUI: `ModuleLogic`, the body of the module's Logic (Qt-free).
+
+`MAFM3Slicer.py` keeps only Slicer's binding (`MAFM3SlicerLogic` adds the parameter node to this class). Every
+method here takes nodes explicitly and runs headless under slicer-core (Testing/): describing a study, the
+skill list, the dependency check and background install, jobs in the warm worker and their results as nodes,
+the demo study, skill packs and training cases.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import slicer
+
+from MAFM3SlicerLib.clinical import clinical_record
+from MAFM3SlicerLib.commands import add_case_command, run_command, skill_install_command, worker_python
+from MAFM3SlicerLib.demo_study import DemoStudy, load_demo_study, load_shipped_demo_study, make_demo_study
+from MAFM3SlicerLib.dependencies import (
+    DependencyStatus,
+    dependency_status,
+    install_steps,
+    installed_distributions,
+    restart_needed,
+)
+from MAFM3SlicerLib.errors import PanelError
+from MAFM3SlicerLib.install import BackgroundInstall
+from MAFM3SlicerLib.jobs import JobRunner, JobUpdate, prepare_job
+from MAFM3SlicerLib.result_nodes import ImportedResults, import_results, segment_volumes_ml
+from MAFM3SlicerLib.skills import SkillInfo, available_skills, pack_path
+from MAFM3SlicerLib.study_check import StudyDescription, describe_study
+from MAFM3SlicerLib.training_case import write_case_files
+from MAFM3SlicerLib.volume_files import read_volume, write_volume
+from MAFM3SlicerLib.worker_client import WorkerClient
+
+
+class ModuleLogic:
+    """The module's logic.
+
+    module_dir: the module's folder (the shipped core and demo study are found from it).
+    pythonExecutable: the Python of the worker and of every `mafm3` command (default: Slicer's PythonSlicer).
+    workerEnvironment: their environment (None: this process's; inside Slicer, Slicer's startup environment).
+    temporaryDir: where job, install and demo folders are made (None: the system's temporary folder; inside
+        Slicer, `slicer.app.temporaryPath`).
+    """
+
+    def __init__(self, module_dir, pythonExecutable=None, workerEnvironment=None, temporaryDir=None) -> None:
+        self.moduleDir = Path(module_dir)
+        self.pythonExecutable = pythonExecutable or worker_python()
+        self.workerEnvironment = workerEnvironment
+        self.temporaryDir = temporaryDir
+        self._runner = None
+        self.install = None  # the BackgroundInstall in progress or last finished
+        self.resultsFolder = None  # the last job folder with results (kept for its report); one at a time
+
+    # -- study, clinical data, skills ---------------------------------------------------------------------
+
+    def describeStudy(self, ctNode, petNode=None) -> StudyDescription:
+        """Summaries of the CT and optional PET, and every problem that should stop a skill from running."""
+        return describe_study(ctNode, petNode)
+
+    def clinicalRecord(self, panelValues: dict) -> dict:
+        """The known clinical values, keyed as the core's clinical record (unknowns left out)."""
+        return clinical_record(panelValues)
+
+    def availableSkills(self) -> list[SkillInfo]:
+        """The installed and shipped skill packs, from their manifests (no torch).
+
+        Raises ModuleNotFoundError when the core is not installed.
+        """
+        return available_skills()
+
+    def volumeToFile(self, volumeNode, path):
+        """Write a volume (voxels and exact geometry) to .nrrd/.nii.gz, as the worker reads it."""
+        return write_volume(volumeNode, path)
+
+    def fileToVolume(self, path, name=None):
+        """Load a volume file written by the worker (or by `volumeToFile`) as a new volume node."""
+        return read_volume(path, slicer.mrmlScene, name)
+
+    # -- dependencies -------------------------------------------------------------------------------------
+
+    def dependencyStatus(self) -> DependencyStatus:
+        """Is torch, every requirement of the shipped core, and the core itself installed (metadata only)?"""
+        return dependency_status(self.moduleDir, loaded_modules=sys.modules)
+
+    @property
+    def installing(self) -> bool:
+        return self.install is not None and not self.install.poll().finished
+
+    def startInstall(self, status: DependencyStatus) -> BackgroundInstall:
+        """Start installing what `status` lacks, in the background (follow it with `self.install.poll()`).
+
+        Every pip call keeps every distribution already installed in Slicer's Python at its version.
+
+        Raises:
+            PanelError: it cannot be done in this session (`DependencyStatus.refusal`), or an install runs.
+        """
+        refusal = status.refusal()
+        if refusal:
+            raise PanelError(refusal)
+        if self.installing:
+            raise PanelError("An install is already running; wait for it to finish.")
+        workDir = tempfile.mkdtemp(prefix="mafm3-install-", dir=self.temporaryDir)
+        try:
+            steps = install_steps(self.pythonExecutable, status, workDir, installed_distributions())
+        except BaseException:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        self.install = BackgroundInstall(steps, env=self.workerEnvironment, work_dir=workDir).start()
+        return self.install
+
+    def finishInstall(self, statusBefore: DependencyStatus) -> bool:
+        """After a successful install: whether Slicer must restart to use the new core."""
+        importlib.invalidate_caches()
+        return restart_needed(sys.modules, core_was_installed=statusBefore.core_version is not None)
+
+    # -- jobs in the worker -------------------------------------------------------------------------------
+
+    @property
+    def runner(self) -> JobRunner:
+        if self._runner is None:
+            self._runner = JobRunner(WorkerClient(self.pythonExecutable, env=self.workerEnvironment))
+        return self._runner
+
+    @property
+    def workerStarted(self) -> bool:
+        return self._runner is not None and self._runner.client.is_alive()
+
+    @property
+    def jobRunning(self) -> bool:
+        return self._runner is not None and self._runner.running
+
+    def startWorker(self) -> None:
+        """Start the worker without waiting: its `ready` (device found) and `skills` come through pollJob."""
+        self.runner.list_skills()
+
+    def startJob(
+        self,
+        ctNode,
+        petNode,
+        clinical: dict,
+        skillIds: list[str],
+        device: str = "auto",
+        overlap: float | None = None,
+        segmentationNode=None,
+        replaceEditedSegments: bool = False,
+    ):
+        """Write the inputs and send the job to the worker; follow it with pollJob (or waitForJob)."""
+        params, folder = prepare_job(
+            ctNode, petNode, clinical, skillIds, device, overlap, parent_dir=self.temporaryDir
+        )
+        context = {
+            "ct": ctNode.GetID(),
+            "segmentation": segmentationNode.GetID() if segmentationNode is not None else None,
+            "replaceOwnedOnly": not replaceEditedSegments,
+        }
+        try:
+            return self.runner.submit(params, folder, context)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def cancelJob(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+
+    def forgetJobNodes(self) -> None:
+        """The scene is closing: the running job's results will not be loaded."""
+        if self._runner is not None:
+            self._runner.forget_nodes()
+
+    def pollJob(self, timeoutSeconds: float = 0.0) -> list[JobUpdate]:
+        """The worker's news; a finished job's results are loaded into the scene here ("result" updates then
+        carry them in `imported`)."""
+        if self._runner is None:
+            return []
+        return [self._importResult(u) if u.kind == "result" else u for u in self._runner.poll(timeoutSeconds)]
+
+    def waitForJob(self, timeoutSeconds: float) -> list[JobUpdate]:
+        """Poll until the running job ends (for scripts and tests; the panel polls from a timer)."""
+        deadline = time.monotonic() + timeoutSeconds
+        updates = []
+        while self.jobRunning:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"The job did not end within {timeoutSeconds:g} s.")
+            updates += self.pollJob(0.5)
+        return updates + self.pollJob()
+
+    def _importResult(self, update: JobUpdate) -> JobUpdate:
+        job = update.job
+        scene = slicer.mrmlScene
+        ctNode = scene.GetNodeByID(job.context["ct"]) if job.context.get("ct") else None
+        if ctNode is None:
+            shutil.rmtree(job.folder, ignore_errors=True)
+            return replace(
+                update,
+                kind="error",
+                message="The CT of this job left the scene; its results were not loaded.",
+            )
+        segmentationId = job.context.get("segmentation")
+        try:
+            imported = self.importResults(
+                job.out_dir,
+                ctNode,
+                scene.GetNodeByID(segmentationId) if segmentationId else None,
+                job.context.get("replaceOwnedOnly", True),
+            )
+        except (OSError, ValueError, KeyError) as error:
+            shutil.rmtree(job.folder, ignore_errors=True)
+            return replace(update, kind="error", message=f"The results could not be loaded ({error}).")
+        self._keepResults(job.folder)
+        return replace(update, imported=imported)
+
+    def _keepResults(self, folder) -> None:
+        if self.resultsFolder is not None and Path(self.resultsFolder) != Path(folder):
+            shutil.rmtree(self.resultsFolder, ignore_errors=True)
+        self.resultsFolder = Path(folder)
+
+    def importResults(
+        self, outDir, ctNode, segmentationNode=None, replaceOwnedOnly: bool = True
+    ) -> ImportedResults:
+        """Load a `mafm3 run` output folder as nodes (MAFM3SlicerLib.result_nodes: the re-run rule)."""
+        return import_results(outDir, ctNode, segmentationNode, replaceOwnedOnly)
+
+    def segmentVolumes(self, segmentationNode) -> list[tuple[str, str, float]]:
+        """(segment ID, name, ml) of each segment."""
+        return segment_volumes_ml(segmentationNode)
+
+    def stopWorker(self) -> None:
+        if self._runner is not None:
+            self._runner.stop()
+
+    def cleanup(self) -> None:
+        """Stop the worker and a running install, delete the kept results folder (module reload, Slicer
+        exit): nothing is left running or lying around."""
+        self.stopWorker()
+        if self.installing:
+            self.install.cancel()
+        if self.resultsFolder is not None:
+            shutil.rmtree(self.resultsFolder, ignore_errors=True)
+            self.resultsFolder = None
+
+    # -- demo study, skill packs, training data -----------------------------------------------------------
+
+    def loadShippedDemoStudy(self) -> DemoStudy:
+        """Load the demo PET/CT study shipped with the module (works before anything is installed)."""
+        return load_shipped_demo_study(self.moduleDir, slicer.mrmlScene)
+
+    def loadDemoStudy(self, seed: int = 0, size: str = "small") -> DemoStudy:
+        """Generate a synthetic demo PET/CT study with the core and load it (CT, PET, clinical record)."""
+        with tempfile.TemporaryDirectory(prefix="mafm3-demo-", dir=self.temporaryDir) as folder:
+            study = make_demo_study(
+                self.pythonExecutable, Path(folder) / "study", seed, size, self.workerEnvironment
+            )
+            return load_demo_study(study, slicer.mrmlScene)
+
+    def installSkillPack(self, selectedPath) -> str:
+        """Install a skill pack (a .zip, or a pack folder's manifest.json); returns the core's message."""
+        return run_command(
+            skill_install_command(self.pythonExecutable, pack_path(selectedPath)), env=self.workerEnvironment
+        )
+
+    def saveCaseToDataset(
+        self, datasetDir, ctNode, petNode, segmentationNode, clinical: dict, caseId: str, overwrite=False
+    ) -> str:
+        """Add the case (CT, PET, GTVp/GTVn label map on the CT grid, clinical record) to a HECKTOR-layout
+        training dataset through `mafm3 dataset add-case`; returns the core's message."""
+        with tempfile.TemporaryDirectory(prefix="mafm3-case-", dir=self.temporaryDir) as folder:
+            files = write_case_files(ctNode, petNode, segmentationNode, clinical, folder)
+            command = add_case_command(
+                self.pythonExecutable,
+                datasetDir,
+                ct=files.ct,
+                label=files.label,
+                pet=files.pet,
+                clinical=files.clinical,
+                case_id=caseId,
+                overwrite=overwrite,
+            )
+            return run_command(command, env=self.workerEnvironment)
