@@ -29,10 +29,10 @@ from MAFM3SlicerLib.clinical_outputs import (
     import_measurements,
     import_uncertainty,
     measurement_rows,
-    qc_messages,
 )
 from MAFM3SlicerLib.geometry import ijk_to_ras_of
 from MAFM3SlicerLib.result_nodes import ROLE_ATTRIBUTE, table_rows
+from MAFM3SlicerLib.result_text import result_lines
 from MAFM3SlicerLib.volume_files import write_volume
 
 SHAPE_ZYX = (10, 12, 14)
@@ -81,7 +81,7 @@ def test_measurement_table_holds_each_segment_and_each_node_with_ras_centroids(m
     centre = ijk_to_ras_of(ct) @ np.array([6.0, 4.5, 3.0, 1.0])
     np.testing.assert_allclose([rows[0][f"Centroid {a}"] for a in "RAS"], centre[:3], atol=1e-6)
     assert table is import_measurements(record, ct)  # a re-run refills the same node
-    assert qc_messages(record) == ["Nodes were segmented while the clinical record says N0."]
+    assert "QC: Nodes were segmented while the clinical record says N0." in result_lines(record)
     assert measurement_rows({"segmentation": None}) == []
 
 
@@ -191,7 +191,7 @@ def test_the_logic_exports_through_slicer_rt_when_its_plugin_is_registered(
     monkeypatch.setattr(
         slicer.modules, "dicomPlugins", {"DicomRtImportExportPlugin": PluginClass}, raising=False
     )
-    mafm3_slicer.MAFM3SlicerLogic().exportRtstruct(segmentation, ct, tmp_path / "rt")
+    mafm3_slicer.MAFM3SlicerLogic().exportRtstruct(segmentation, ct, tmp_path / "rt")  # the Lib's logic
     assert [e.directory for e in exported] == [str(tmp_path / "rt")]
 
 

@@ -6,7 +6,7 @@
   the core writes LPS). SUV columns are NaN without a PET (absent, not zero).
 - Uncertainty: `uncertainty.nii.gz` (normalised entropy in percent on the CT grid) -> one scalar volume per
   CT (role "uncertainty"), coloured 0-100 %, replaced on a re-run; the Widget shows it as the foreground.
-- QC flags: `segmentation.qc_flags`, one sentence each, for the panel.
+- QC flags: `segmentation.qc_flags`, one sentence each, go under Results with the warnings (`result_text`).
 - RTSTRUCT: through SlicerRT's DICOM RT exporter when SlicerRT is installed, else through the core
   (`mafm3 rtstruct`, run as a child process), which needs the CT's own DICOM files from Slicer's database.
 """
@@ -114,11 +114,6 @@ def import_uncertainty(out_dir: str | Path, ct_node):
     display.SetLowerThreshold(1.0)  # certain voxels (0 %) stay transparent over the CT
     display.ApplyThresholdOn()
     return node
-
-
-def qc_messages(record: Mapping) -> list[str]:
-    """The run's QC flags, one sentence each."""
-    return [flag["message"] for flag in (record.get("segmentation") or {}).get("qc_flags", [])]
 
 
 # --- RTSTRUCT -----------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The worker's output folder -> MRML nodes (Qt-free): one segmentation, a prognosis table, a survival plot,
-and (`clinical_outputs`) the lesion measurement table, the uncertainty volume and the QC flags.
+and (`clinical_outputs`) the lesion measurement table and the uncertainty volume.
 
 Read, as `mafm3.outputs` writes them: `segmentation.seg.nrrd` (one segment per output, with ID, name, colour
 and SNOMED terminology, on the CT grid), `prognosis.json` and `result.json`.
@@ -36,7 +36,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +100,6 @@ class ImportedResults:
     prognosis: PrognosisNodes | None = None
     measurements: object | None = None  # vtkMRMLTableNode (clinical_outputs)
     uncertainty: object | None = None  # vtkMRMLScalarVolumeNode (clinical_outputs)
-    qc_flags: list[str] = field(default_factory=list)
 
 
 def import_results(
@@ -126,11 +125,10 @@ def import_results(
         prognosis = json.loads((out_dir / PROGNOSIS_FILE).read_text(encoding="utf-8"))
         imported.prognosis = import_prognosis(prognosis, ct_node)
     # Imported here: clinical_outputs builds its nodes with this module's table and node helpers.
-    from MAFM3SlicerLib.clinical_outputs import import_measurements, import_uncertainty, qc_messages
+    from MAFM3SlicerLib.clinical_outputs import import_measurements, import_uncertainty
 
     imported.measurements = import_measurements(record, ct_node)
     imported.uncertainty = import_uncertainty(out_dir, ct_node) if segmentation is not None else None
-    imported.qc_flags = qc_messages(record)
     return imported
 
 

@@ -16,6 +16,8 @@ import SimpleITK as sitk
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from mafm3.imaging.io import write_dicom_file
+
 
 def write_ct_series(
     folder: Path,
@@ -63,7 +65,7 @@ def write_ct_series(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
         ds.PixelData = np.full((rows, columns), 1000 + k, dtype=np.int16).tobytes()
-        ds.save_as(path, enforce_file_format=True)
+        write_dicom_file(ds, path)
         paths.append(path)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))

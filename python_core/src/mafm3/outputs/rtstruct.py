@@ -32,6 +32,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_
 
 from mafm3 import __version__
 from mafm3.errors import MAFM3Error
+from mafm3.imaging.io import write_dicom_file
 from mafm3.outputs.dicom_seg import TYPE2_COPIED_ATTRIBUTES, ct_slices_on_grid
 from mafm3.outputs.segmentation import ijk_to_lps, label_statistics
 from mafm3.results import SegmentationResult
@@ -180,5 +181,4 @@ def write_rtstruct(
     dataset.StructureSetROISequence = DicomSequence(rois)
     dataset.ROIContourSequence = DicomSequence(contours)
     dataset.RTROIObservationsSequence = DicomSequence(observations)
-    dataset.save_as(path, enforce_file_format=True)
-    return path
+    return write_dicom_file(dataset, path)

@@ -4,7 +4,8 @@ Content: one volumetric measurement group (TID 1411) per non-empty segment, refe
 run's DICOM SEG, with the lesion measurements of `imaging.measurements` (volume; with a PET, SUVbw max,
 mean and peak, metabolic volume, TLG; mean HU; mean uncertainty); and, with a prognosis, one measurement
 group (TID 1501) with the risk score, the risk group and the probability of no recurrence at 1/2/3/5 years.
-Slicer's QuantitativeReporting and dcmqi read TID 1500.
+Slicer's QuantitativeReporting and dcmqi read TID 1500. highdicom is optional (the dicom-seg extra, see
+`dicom_seg`): it is imported when an SR is written, and its absence is refused in one sentence.
 
 Concepts without a standard code (uncertainty, risk score, risk group, recurrence-free survival) use the
 private coding scheme "99MAFM3", as DICOM allows for local codes.
@@ -16,35 +17,33 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import highdicom as hd
 import pydicom
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from mafm3 import __version__
 from mafm3.errors import MAFM3Error
-from mafm3.outputs.dicom_seg import ct_slices_on_grid, with_type2_attributes
+from mafm3.outputs.dicom_seg import ct_slices_on_grid, import_highdicom, with_type2_attributes
 from mafm3.results import CodedConcept, PrognosisResult, SegmentationResult
 
 SR_SERIES_NUMBER = 9300
 PRIVATE_SCHEME = "99MAFM3"
-SUV_BW = hd.sr.CodedConcept("126401", "DCM", "SUVbw")
+SUV_BW = Code("126401", "DCM", "SUVbw")
 UNITS = {
-    "ml": hd.sr.CodedConcept("ml", "UCUM", "milliliter"),
+    "ml": Code("ml", "UCUM", "milliliter"),
     "suv": codes.UCUM.StandardizedUptakeValueBodyWeight,
     "hu": codes.UCUM.HounsfieldUnit,
-    "g": hd.sr.CodedConcept("g", "UCUM", "gram"),
-    "percent": hd.sr.CodedConcept("%", "UCUM", "percent"),
-    "none": hd.sr.CodedConcept("1", "UCUM", "no units"),
+    "g": Code("g", "UCUM", "gram"),
+    "percent": Code("%", "UCUM", "percent"),
+    "none": Code("1", "UCUM", "no units"),
 }
-UNCERTAINTY = hd.sr.CodedConcept(
-    "uncertainty", PRIVATE_SCHEME, "Mean normalised entropy of class probabilities"
-)
-RISK_SCORE = hd.sr.CodedConcept("risk", PRIVATE_SCHEME, "Recurrence risk score")
-RISK_GROUP = hd.sr.CodedConcept("risk-group", PRIVATE_SCHEME, "Recurrence risk group")
+UNCERTAINTY = Code("uncertainty", PRIVATE_SCHEME, "Mean normalised entropy of class probabilities")
+RISK_SCORE = Code("risk", PRIVATE_SCHEME, "Recurrence risk score")
+RISK_GROUP = Code("risk-group", PRIVATE_SCHEME, "Recurrence risk group")
 
 
-def recurrence_free_at(years: int) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(f"rfs-{years}y", PRIVATE_SCHEME, f"Recurrence-free survival at {years} years")
+def recurrence_free_at(years: int) -> Code:
+    return Code(f"rfs-{years}y", PRIVATE_SCHEME, f"Recurrence-free survival at {years} years")
 
 
 # (field of `LesionMeasurements`, concept name, derivation or None, unit key)
@@ -60,13 +59,11 @@ SEGMENT_MEASUREMENTS = (
 )
 
 
-def _coded(concept: CodedConcept) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(concept.value, concept.scheme, concept.meaning)
+def _coded(concept: CodedConcept) -> Code:
+    return Code(concept.value, concept.scheme, concept.meaning)
 
 
-def _segment_groups(
-    segmentation: SegmentationResult, seg: pydicom.Dataset
-) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+def _segment_groups(hd, segmentation: SegmentationResult, seg: pydicom.Dataset) -> list:
     """One group per non-empty segment; SEG segment numbers are 1..N in label order, as the SEG has them."""
     groups = []
     by_label = sorted(segmentation.segments, key=lambda spec: spec.label)
@@ -91,14 +88,14 @@ def _segment_groups(
     return groups
 
 
-def _prognosis_group(prognosis: PrognosisResult) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _prognosis_group(hd, prognosis: PrognosisResult):
     measurements = [hd.sr.Measurement(name=RISK_SCORE, value=prognosis.risk, unit=UNITS["none"])]
     measurements += [
         hd.sr.Measurement(name=recurrence_free_at(years), value=probability, unit=UNITS["none"])
         for years, probability in sorted(prognosis.survival_at_years.items())
         if not math.isnan(probability)  # beyond the model's last time bin: not estimable, not reported
     ]
-    group = hd.sr.CodedConcept(prognosis.risk_group, PRIVATE_SCHEME, f"{prognosis.risk_group} risk")
+    group = Code(prognosis.risk_group, PRIVATE_SCHEME, f"{prognosis.risk_group} risk")
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="prognosis"),
         measurements=measurements,
@@ -118,7 +115,7 @@ def write_structured_report(
     """Write the TID 1500 report of a run; `seg_path` is the run's DICOM SEG (needed with a segmentation).
 
     Raises:
-        MAFM3Error: the CT was not read from DICOM, or there is nothing to report.
+        MAFM3Error: the CT was not read from DICOM, there is nothing to report, or highdicom is missing.
     """
     if not ct_dicom_paths:
         raise MAFM3Error(
@@ -127,6 +124,7 @@ def write_structured_report(
         )
     if segmentation is None and prognosis is None:
         raise MAFM3Error("A DICOM SR reports a segmentation or a prognosis; run one of them, or drop --sr.")
+    hd = import_highdicom()  # optional (the dicom-seg extra): refused in one sentence without it
     grid = segmentation.labels if segmentation is not None else None
     ct_headers = (
         ct_slices_on_grid(ct_dicom_paths, grid)
@@ -138,9 +136,9 @@ def write_structured_report(
     if segmentation is not None:
         seg = pydicom.dcmread(seg_path)
         evidence.append(seg)
-        groups += _segment_groups(segmentation, seg)
+        groups += _segment_groups(hd, segmentation, seg)
     if prognosis is not None:
-        groups.append(_prognosis_group(prognosis))
+        groups.append(_prognosis_group(hd, prognosis))
     skill_ids = [r.skill_id for r in (segmentation, prognosis) if r is not None]
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
