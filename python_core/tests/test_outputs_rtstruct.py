@@ -136,3 +136,27 @@ def test_rtstruct_without_a_dicom_ct_is_refused_with_what_to_do(ct, tmp_path):
     with pytest.raises(MAFM3Error, match="RTSTRUCT needs a DICOM CT input"):
         write_rtstruct(_result_on(image), None, tmp_path / "rt.dcm")
     assert not (tmp_path / "rt.dcm").exists()
+
+
+def test_mafm3_rtstruct_turns_a_reviewed_label_map_into_an_rtstruct_and_refuses_another_grid(
+    ct, tmp_path, capsys
+):
+    from mafm3.cli import main
+
+    paths, image = ct
+    labels_path = tmp_path / "labels.nrrd"
+    sitk.WriteImage(_result_on(image).labels, str(labels_path))
+    out = tmp_path / "reviewed.dcm"
+    assert (
+        main(["rtstruct", "--ct", str(paths[0].parent), "--labels", str(labels_path), "--out", str(out)]) == 0
+    )
+    rtstruct = pydicom.dcmread(out)
+    assert [roi.ROIName for roi in rtstruct.StructureSetROISequence] == ["GTVp", "GTVn"]
+    assert {roi.ROIGenerationAlgorithm for roi in rtstruct.StructureSetROISequence} == {"SEMIAUTOMATIC"}
+
+    sitk.WriteImage(sitk.Image([5, 5, 5], sitk.sitkUInt8), str(labels_path))
+    capsys.readouterr()
+    assert (
+        main(["rtstruct", "--ct", str(paths[0].parent), "--labels", str(labels_path), "--out", str(out)]) == 1
+    )
+    assert "export it on the CT grid" in capsys.readouterr().err
