@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from mafm3.clinical import ClinicalRecord
 from mafm3.config import bundled_skills_dir, skills_dir
 from mafm3.errors import MAFM3Error
+from mafm3.imaging.measurements import measure_lesions
 from mafm3.outputs import write_outputs
 from mafm3.results import PrognosisResult, SegmentationResult, StudyResult
 from mafm3.skills.registry import available_skills
@@ -93,7 +94,13 @@ class FakeEngine:
             if manifest.task == "segmentation":
                 segments = manifest.segments()
                 labels = fake_label_map(ct, {spec.name: spec.label for spec in segments})
-                result.segmentation = SegmentationResult(labels, segments, skill_id, manifest.version)
+                uncertainty = sitk.Cast(labels > 0, sitk.sitkUInt8) * 50  # unsure inside the lesions
+                result.segmentation = SegmentationResult(
+                    labels, segments, skill_id, manifest.version, uncertainty=uncertainty
+                )
+                result.segmentation.measurements = measure_lesions(
+                    labels, [spec.label for spec in segments], ct, None, uncertainty
+                )
             elif manifest.task == "prognosis":
                 result.prognosis = PrognosisResult(
                     risk=PROGNOSIS_RISK,
