@@ -9,7 +9,7 @@ CONSTRAINTS := python_core/constraints.txt
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q
 
-.PHONY: demo demo-pack test lint setup setup-test clean
+.PHONY: demo demo-pack test test-fast lint setup setup-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -101,8 +101,19 @@ lint: setup-test
 	$(BIN)/ruff check --config python_core/pyproject.toml python_core MAFM3Slicer Testing
 	$(BIN)/ruff format --check --config python_core/pyproject.toml python_core MAFM3Slicer Testing
 
+PYTEST := $(BIN)/python -m pytest -c python_core/pyproject.toml --rootdir .
+TESTS := python_core/tests Testing
+
+# `--precision auto` takes bf16 on a CPU with native bf16 and float32 on others; MAFM3_CPU_BF16 forces either
+# path on any machine (bf16 emulated where the CPU lacks it). The whole suite runs on the float32 path, then
+# the tests marked `precision` again on the bf16 path, so every machine runs both.
 test: lint
-	$(BIN)/python -m pytest -c python_core/pyproject.toml --rootdir . python_core/tests Testing
+	MAFM3_CPU_BF16=0 $(PYTEST) $(TESTS)
+	MAFM3_CPU_BF16=1 $(PYTEST) -m precision $(TESTS)
+
+# The development loop: everything but the tests marked slow, float32 path, no lint.
+test-fast: setup-test
+	MAFM3_CPU_BF16=0 $(PYTEST) -m "not slow" $(TESTS)
 
 clean:
 	rm -rf $(VENV)

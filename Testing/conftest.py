@@ -16,10 +16,12 @@ import pytest
 TESTING_DIR = Path(__file__).resolve().parent
 REPOSITORY_DIR = TESTING_DIR.parent
 MODULE_DIR = REPOSITORY_DIR / "MAFM3Slicer"
+FAKE_ENGINE_DIR = REPOSITORY_DIR / "python_core" / "tests"  # `fake_engine`, shared with the core's tests
 
 # Slicer puts a scripted module's folder on sys.path (so `import MAFM3SlicerLib` works); the Testing folder
-# holds the harness modules and is added too, whatever pytest import mode is in use.
-for folder in (MODULE_DIR, TESTING_DIR):
+# holds the harness modules and is added too, whatever pytest import mode is in use, and so is the folder of
+# the fake engine.
+for folder in (FAKE_ENGINE_DIR, MODULE_DIR, TESTING_DIR):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
@@ -46,7 +48,8 @@ def mrml_scene():
 @pytest.fixture
 def skills_home(tmp_path, monkeypatch) -> Path:
     """A MAFM3_HOME of this test's own (packs go in `<home>/skills`, no shipped packs), and the fake engine of
-    `fake_engine.py` for every worker the test starts (through the environment the worker inherits)."""
+    `python_core/tests/fake_engine.py` for every worker the test starts (through the environment the worker
+    inherits)."""
     import mafm3.config
 
     home = tmp_path / "mafm3_home"
@@ -56,6 +59,6 @@ def skills_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(mafm3.config, "bundled_skills_dir", lambda: home / "shipped-skills")
     monkeypatch.setenv("MAFM3_WORKER_ENGINE", "fake_engine:FakeEngine")
     monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [str(TESTING_DIR), os.environ.get("PYTHONPATH")]))
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(FAKE_ENGINE_DIR), os.environ.get("PYTHONPATH")]))
     )
     return home

@@ -1,10 +1,11 @@
-"""The module's Logic driving the real `python -m mafm3.worker` (fake engine: Testing/fake_engine.py).
+"""The module's Logic driving the real `python -m mafm3.worker` (python_core/tests/fake_engine.py as engine).
 
 One Logic, so one warm worker, serves the module, as one serves Slicer: start, progress, results as nodes,
 cancel, a crash and the restart after it. Every wait has a timeout, so a hang fails instead of blocking.
 """
 
 import os
+from pathlib import Path
 
 import fake_engine
 import numpy as np
@@ -17,7 +18,7 @@ from synthetic_volumes import ras_matrix, rotation_about_z, volume_node
 from mafm3.clinical import ClinicalRecord
 from MAFM3SlicerLib.result_nodes import LABEL_MAP_FILE, table_rows
 
-TESTING_DIR = os.path.dirname(os.path.abspath(__file__))
+FAKE_ENGINE_DIR = str(Path(__file__).resolve().parents[1] / "python_core" / "tests")
 TIMEOUT_S = 120.0  # a fresh worker imports torch before it answers
 CLINICAL = {"age": 63.0, "sex": "M", "tobacco": True, "hpv": False, "n_stage": "N2b"}
 
@@ -33,7 +34,7 @@ def logic(mafm3_slicer, tmp_path_factory):
         **os.environ,
         "MAFM3_HOME": str(home),
         "MAFM3_WORKER_ENGINE": "fake_engine:FakeEngine",
-        "PYTHONPATH": os.pathsep.join(filter(None, [TESTING_DIR, os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [FAKE_ENGINE_DIR, os.environ.get("PYTHONPATH")])),
     }
     logic = mafm3_slicer.MAFM3SlicerLogic(workerEnvironment=environment)
     yield logic
@@ -94,7 +95,7 @@ def test_a_job_reports_progress_and_its_results_arrive_as_nodes(logic, ct, pet):
         np.testing.assert_array_equal(on_ct > 0, written == label)
     assert written.any()
     (row,) = table_rows(imported.prognosis.table)
-    assert (row["Skill"], row["Risk score"], row["S(5 y)"]) == ("fake-rfs", fake_engine.PROGNOSIS_RISK, 0.4)
+    assert (row["Skill"], row["Risk score"], row["S(5 y)"]) == ("fake-rfs", fake_engine.PROGNOSIS.risk, 0.4)
     assert logic.resultsFolder == job.folder and not logic.jobRunning
 
 

@@ -6,6 +6,7 @@ worker check that the next run starts a new one by itself. Every wait has a time
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,30 +21,34 @@ from MAFM3SlicerLib.worker_client import WorkerClient, WorkerStartError
 
 REPOSITORY_DIR = Path(__file__).resolve().parent.parent
 FAKE_ENGINE_DIR = REPOSITORY_DIR / "python_core" / "tests"
+SHIPPED_SKILLS = REPOSITORY_DIR / "python_core" / "src" / "mafm3" / "demo" / "assets" / "skills"
 sys.path.insert(0, str(FAKE_ENGINE_DIR))
-import test_worker_fake_engine as fake  # noqa: E402  (importable only after the path set-up above)
+import fake_engine as fake  # noqa: E402  (importable only after the path set-up above)
 
 TIMEOUT_S = 120.0  # the first run of a fresh worker imports torch and MONAI
+SKILLS = ["demo-seg-ct", "demo-prognosis"]  # shipped with mafm3: the fake's skills (MAFM3_HOME is empty)
+# The fake's blocks on a 20^3 grid: GTVp 20 // 5 = 4 voxels a side, GTVn half that; voxels of 8 mm3.
+GTVP_ML, GTVN_ML = 4**3 * 8 / 1000, 2**3 * 8 / 1000
 
 
-def _worker_env(engine: str = "test_worker_fake_engine:FakeEngine") -> dict:
+def _worker_env(home: Path, engine: str = "fake_engine:FakeEngine") -> dict:
     python_path = os.pathsep.join(filter(None, [str(FAKE_ENGINE_DIR), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "MAFM3_WORKER_ENGINE": engine, "PYTHONPATH": python_path}
+    return {**os.environ, "MAFM3_WORKER_ENGINE": engine, "PYTHONPATH": python_path, "MAFM3_HOME": str(home)}
 
 
 @pytest.fixture(scope="module")
-def client():
-    worker = WorkerClient(sys.executable, env=_worker_env(), start_timeout_s=TIMEOUT_S, cancel_grace_s=10.0)
+def client(tmp_path_factory):
+    env = _worker_env(tmp_path_factory.mktemp("mafm3_home"))
+    worker = WorkerClient(sys.executable, env=env, start_timeout_s=TIMEOUT_S, cancel_grace_s=10.0)
     yield worker
     worker.stop()
 
 
 @pytest.fixture(scope="module")
 def ct_path(tmp_path_factory) -> Path:
-    """A 20^3 CT at 2 mm: air, a body at 20 HU, and a 5^3-voxel cube at 100 HU (1.0 ml, the fake's GTVp)."""
+    """A 20^3 CT at 2 mm: air and a body at 20 HU."""
     hu = np.full((20, 20, 20), -1000.0, dtype=np.float32)
     hu[2:18, 2:18, 2:18] = 20.0
-    hu[5:10, 5:10, 5:10] = 100.0
     image = sitk.GetImageFromArray(hu)
     image.SetSpacing((2.0, 2.0, 2.0))
     path = tmp_path_factory.mktemp("study") / "ct.nrrd"
@@ -87,7 +92,7 @@ def test_start_waits_for_the_workers_ready_report(client):
 
 def test_a_run_streams_progress_and_ends_with_its_result(client, ct_path, tmp_path):
     out = tmp_path / "out"
-    run_id = client.submit_run({"ct": str(ct_path), "out": str(out)})
+    run_id = client.submit_run({"ct": str(ct_path), "out": str(out), "skills": SKILLS})
     events = _events_of(run_id, client.wait(run_id, TIMEOUT_S))
 
     assert [(e["stage"], e["fraction"], e["message"]) for e in events[:-1]] == fake.PROGRESS
@@ -95,7 +100,7 @@ def test_a_run_streams_progress_and_ends_with_its_result(client, ct_path, tmp_pa
     record = events[-1]["result"]
     assert record["out"] == str(out)
     assert sorted(record["outputs"]) == sorted(p.name for p in out.iterdir())
-    assert record["segmentation"]["volumes_ml"] == pytest.approx({"GTVp": 1.0, "GTVn": 0.0})
+    assert record["segmentation"]["volumes_ml"] == pytest.approx({"GTVp": GTVP_ML, "GTVn": GTVN_ML})
 
 
 def test_list_skills_brings_the_skills_the_worker_can_run(client):
@@ -107,9 +112,8 @@ def test_list_skills_brings_the_skills_the_worker_can_run(client):
             break
 
     assert answers[0]["event"] == "skills"
-    assert [(s["id"], s["task"], s["path"]) for s in answers[0]["skills"]] == [
-        (fake.offered_skill().manifest.id, fake.offered_skill().manifest.task, None)
-    ]
+    shipped = {json.loads(path.read_text())["id"] for path in SHIPPED_SKILLS.glob("*/manifest.json")}
+    assert shipped and {skill["id"] for skill in answers[0]["skills"]} == shipped
 
 
 def test_a_user_error_comes_back_as_its_sentence(client, ct_path, tmp_path):
@@ -145,7 +149,7 @@ def test_a_run_that_ignores_cancel_is_killed_and_the_next_run_starts_a_new_worke
 
     assert end == {"id": hung, "event": "cancelled", "forced": True}
     assert not client.is_alive()
-    next_run = client.submit_run({"ct": str(ct_path), "out": str(tmp_path / "b")})
+    next_run = client.submit_run({"ct": str(ct_path), "out": str(tmp_path / "b"), "skills": SKILLS})
     events = client.wait(next_run, TIMEOUT_S)
     assert events[-1]["event"] == "result"
     assert [e["pid"] for e in events if e["event"] == "ready"] == [client.ready["pid"]]
@@ -162,7 +166,7 @@ def test_a_crash_is_reported_with_its_exit_code_and_the_next_run_restarts_the_wo
     assert (end["event"], end["returncode"]) == ("crashed", fake.CRASH_CODE)
     assert fake.STDOUT_NOISE in end["stderr_tail"]  # what the run printed before dying, kept for the report
     assert not client.is_alive()
-    next_run = client.submit_run({"ct": str(ct_path), "out": str(tmp_path / "b")})
+    next_run = client.submit_run({"ct": str(ct_path), "out": str(tmp_path / "b"), "skills": SKILLS})
     assert client.wait(next_run, TIMEOUT_S)[-1]["event"] == "result"
     assert client.ready["pid"] != pid
 
@@ -195,8 +199,8 @@ def test_stop_shuts_the_worker_down(client):
     assert client.poll() == []
 
 
-def test_start_reports_a_worker_that_cannot_start():
-    broken = WorkerClient(sys.executable, env=_worker_env(engine="no_such_module:Engine"))
+def test_start_reports_a_worker_that_cannot_start(tmp_path):
+    broken = WorkerClient(sys.executable, env=_worker_env(tmp_path, engine="no_such_module:Engine"))
 
     with pytest.raises(WorkerStartError, match="exited with code 1") as raised:
         broken.start()

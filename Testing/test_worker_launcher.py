@@ -26,6 +26,7 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="the launcher stand-i
 
 TESTING_DIR = Path(__file__).resolve().parent
 MODULE_DIR = TESTING_DIR.parent / "MAFM3Slicer"
+FAKE_ENGINE_DIR = TESTING_DIR.parent / "python_core" / "tests"
 START_TIMEOUT_S = 120.0  # a fresh worker imports torch before it answers
 GONE_WITHIN_S = 5.0  # "within a few seconds"
 # An orphan first has to notice the end of its stdin, cancel its run and shut its interpreter down (torch
@@ -47,8 +48,9 @@ def python_slicer(tmp_path) -> Path:
 
 @pytest.fixture
 def worker_env(tmp_path) -> dict:
-    """The fake engine of `fake_engine.py`: a skill id containing "slow" reports progress for 20 s."""
-    python_path = os.pathsep.join(filter(None, [str(TESTING_DIR), os.environ.get("PYTHONPATH")]))
+    """The fake engine of `python_core/tests/fake_engine.py`: a skill id containing "slow" reports progress
+    for 20 s."""
+    python_path = os.pathsep.join(filter(None, [str(FAKE_ENGINE_DIR), os.environ.get("PYTHONPATH")]))
     return {
         **os.environ,
         "MAFM3_WORKER_ENGINE": "fake_engine:FakeEngine",

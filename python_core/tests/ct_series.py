@@ -83,10 +83,3 @@ def slice_pixel_points_lps(dataset: pydicom.Dataset) -> np.ndarray:
         + c[..., None] * column_spacing * orientation[:3]
         + r[..., None] * row_spacing * orientation[3:]
     )
-
-
-def voxel_points_lps(image: sitk.Image) -> np.ndarray:
-    """Physical point of every voxel (z, y, x, 3) of `image`, from SimpleITK's index mapping."""
-    k, j, i = np.meshgrid(*(np.arange(n) for n in reversed(image.GetSize())), indexing="ij")
-    matrix = np.array(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
-    return np.array(image.GetOrigin()) + np.stack([i, j, k], axis=-1) @ matrix.T

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from test_engine import installed_skills, phantom_ct, study_files  # noqa: F401 (fixtures)
-from test_model_lora import small_backbone
-from test_skills_packs import backbone_manifest, home, tiny_preset, trained_skill  # noqa: F401 (fixtures)
+from imaging_phantoms import phantom_ct
+from tiny_models import small_backbone, trained_skill
 
 from mafm3.bench.sections import torch_resample
 from mafm3.engine import Engine, RunRequest
@@ -54,7 +53,7 @@ def test_segmentation_labels_on_cuda_are_the_cpus_wherever_the_margin_allows(dty
     assert torch.equal(labels_cpu[decisive], labels_cuda[decisive])
 
 
-def test_the_engine_on_cuda_writes_the_cpus_segmentation(installed_skills, study_files):  # noqa: F811
+def test_the_engine_on_cuda_writes_the_cpus_segmentation(installed_skills, study_files):
     ct, ct_path, _ = study_files
     request = RunRequest(ct=str(ct_path), skills=["tiny-seg-ct"], precision="fp32")
     on_cpu, _ = Engine("cpu").run(request)

@@ -8,6 +8,9 @@ import torch
 
 import mafm3
 from mafm3.cli import main
+from mafm3.engine.device import resolve_device
+
+pytestmark = pytest.mark.precision  # doctor reports what `--precision auto` picks: both CPU paths
 
 
 def test_version_flag_prints_the_package_version(capsys):
@@ -25,10 +28,25 @@ def test_doctor_json_matches_the_running_interpreter_and_torch(capsys, tmp_path,
     assert report["torch"]["version"] == torch.__version__
     assert report["torch"]["cuda_available"] == torch.cuda.is_available()
     assert report["torch"]["build"] == ("CUDA" if torch.backends.cuda.is_built() else "CPU")
-    assert report["device"] == ("cuda" if torch.cuda.is_available() else report["device"])
     assert report["home"] == {"path": str(tmp_path), "from_env": True}
     assert report["libraries"]["monai"] and report["libraries"]["SimpleITK"] and report["libraries"]["peft"]
     assert [skill for skill in report["skills"] if not skill.get("shipped")] == []
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "expected"), [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]
+)
+def test_doctor_reports_the_device_that_auto_picks(capsys, tmp_path, monkeypatch, cuda, mps, expected):
+    """The order of the README (CUDA, then MPS, then CPU), whatever accelerators this machine has."""
+    monkeypatch.setenv("MAFM3_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert main(["doctor", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["device"] == expected
+    assert report["device"] == resolve_device("auto").type  # what a run with --device auto will use
 
 
 def test_doctor_lists_installed_skill_packs_and_flags_broken_ones(capsys, tmp_path, monkeypatch):

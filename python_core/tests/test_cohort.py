@@ -4,6 +4,9 @@ Oracles: the network is replaced by a pass-through (the case's own mask in model
 the CT grid exactly, see test_engine) and the risk by the patient's age, so Dice, HD95, volumes and Harrell's
 C follow by hand from the masks drawn here and the endpoints written here. Resuming is checked by counting
 the cases read and by the result.json modification times.
+
+Precision: fp32, asked for explicitly; the network is a pass-through, so the numbers follow from the masks and
+endpoints alone.
 """
 
 from __future__ import annotations
@@ -16,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
-from test_engine import installed_skills, phantom_ct, tumour_mask  # noqa: F401 (fixtures)
-from test_skills_packs import backbone_manifest, home  # noqa: F401 (fixtures)
+from cohort_cases import BROKEN, PATIENTS, SKILLS, WITHOUT_NODES, read_summary, write_cohort
+from imaging_phantoms import phantom_ct, tumour_mask
 
 import mafm3.cohort
 from mafm3.cli import main
@@ -28,50 +30,7 @@ from mafm3.engine import runner as engine_runner
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.preprocess import to_model_array
 
-SKILLS = ["tiny-seg-ct", "tiny-prognosis"]
-# case id -> (age, RFS days, relapse); the risk stands in as the age, so by hand: pairs (1, 2) and (1, 3) are
-# concordant (70 > 50, 70 > 60), pair (2, 3) is not (50 < 60): Harrell's C = 2/3.
-PATIENTS = {
-    "SYN-001": (70, 300, 1),
-    "SYN-002": (50, 800, 1),
-    "SYN-003": (60, 1500, 0),
-    "SYN-004": (65, 400, 1),
-}
-BROKEN = "SYN-004"  # its CT file is cut short
-WITHOUT_NODES = "SYN-003"  # its reference has no GTVn while the prediction has one
 GTVP_VOXELS, GTVN_VOXELS = 4 * 6 * 7, 2 * 4 * 4  # the boxes `tumour_mask` draws
-
-
-def write_cohort(root: Path) -> Path:
-    """A HECKTOR 2022 layout folder: CT and label per case, endpoint and clinical CSVs; one CT truncated."""
-    images, labels = root / "imagesTr", root / "labelsTr"
-    images.mkdir(parents=True)
-    labels.mkdir()
-    ct = phantom_ct()
-    for case_id in PATIENTS:
-        mask = tumour_mask(ct)
-        if case_id == WITHOUT_NODES:
-            mask = sitk.ChangeLabel(mask, {2: 0})
-        sitk.WriteImage(ct, str(images / f"{case_id}__CT.nii.gz"), useCompression=True)
-        sitk.WriteImage(mask, str(labels / f"{case_id}.nii.gz"), useCompression=True)
-    broken = images / f"{BROKEN}__CT.nii.gz"
-    # Cut inside the NIfTI header. (SimpleITK 2.5 reads a .nii.gz cut later, in its voxel data, without an
-    # error and fills the missing voxels with zeros.)
-    broken.write_bytes(broken.read_bytes()[:100])
-    with open(root / "hecktor2022_endpoint_training.csv", "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["PatientID", "Relapse", "RFS"])
-        writer.writerows([case_id, relapse, rfs] for case_id, (_, rfs, relapse) in PATIENTS.items())
-    with open(root / "hecktor2022_clinical_info_training.csv", "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["PatientID", "Gender", "Age"])
-        writer.writerows([case_id, "M", age] for case_id, (age, _, _) in PATIENTS.items())
-    return root
-
-
-def read_summary(out: Path) -> dict[str, dict]:
-    with open(out / "summary.csv", newline="") as stream:
-        return {row["case_id"]: row for row in csv.DictReader(stream)}
 
 
 @pytest.fixture()
@@ -104,13 +63,13 @@ def reads(monkeypatch) -> list[str]:
 
 
 def cohort_run(dataset: Path, out: Path) -> int:
-    return main(
-        ["cohort", "run", "--dataset", str(dataset), "--skill", *SKILLS, "--out", str(out), "--quiet"]
-    )
+    """fp32: the network is a pass-through, so the precision policy changes nothing here."""
+    command = ["cohort", "run", "--dataset", str(dataset), "--skill", *SKILLS, "--out", str(out)]
+    return main([*command, "--precision", "fp32", "--quiet"])
 
 
 def test_every_case_runs_a_broken_one_is_recorded_and_metrics_are_exact(
-    installed_skills,  # noqa: F811
+    installed_skills,
     pass_through,
     tmp_path,
     capsys,
@@ -149,7 +108,7 @@ def test_every_case_runs_a_broken_one_is_recorded_and_metrics_are_exact(
 
 
 def test_a_second_run_skips_done_cases_and_reruns_unfinished_ones(
-    installed_skills,  # noqa: F811
+    installed_skills,
     pass_through,
     reads,
     tmp_path,
@@ -172,7 +131,7 @@ def test_a_second_run_skips_done_cases_and_reruns_unfinished_ones(
     assert json.loads((out / "metrics.json").read_text())["prognosis"]["n_cases"] == 3
 
 
-def test_an_unknown_skill_is_refused_before_any_case(installed_skills, tmp_path, capsys):  # noqa: F811
+def test_an_unknown_skill_is_refused_before_any_case(installed_skills, tmp_path, capsys):
     dataset, out = write_cohort(tmp_path / "cohort"), tmp_path / "out"
     code = main(["cohort", "run", "--dataset", str(dataset), "--skill", "nope", "--out", str(out), "--quiet"])
     assert code == 1 and "nope" in capsys.readouterr().err
@@ -185,7 +144,7 @@ def test_the_local_engine_refuses_workers(tmp_path):
         run_cohort(job, workers=2)
 
 
-def test_the_ray_engine_without_ray_says_what_to_install(installed_skills, tmp_path, monkeypatch):  # noqa: F811
+def test_the_ray_engine_without_ray_says_what_to_install(installed_skills, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     job = CohortJob(dataset=write_cohort(tmp_path / "cohort"), out=tmp_path / "out", skills=tuple(SKILLS))
     with pytest.raises(MAFM3Error, match=r"mafm3\[cohort\]"):

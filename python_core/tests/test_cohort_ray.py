@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_cohort import BROKEN, PATIENTS, SKILLS, read_summary, write_cohort
-from test_engine import installed_skills  # noqa: F401 (fixture)
-from test_skills_packs import backbone_manifest, home  # noqa: F401 (fixtures)
+from cohort_cases import BROKEN, PATIENTS, SKILLS, read_summary, write_cohort
 
 from mafm3.cohort import CohortJob, run_cohort
 
@@ -21,14 +19,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
-def ray_on_two_cpus(home):  # noqa: F811
+def ray_on_two_cpus(home):
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 
 
 def test_the_ray_engine_runs_the_cohort_records_the_broken_case_and_resumes(
-    installed_skills,  # noqa: F811
+    installed_skills,
     ray_on_two_cpus,
     tmp_path,
 ):

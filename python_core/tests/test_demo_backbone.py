@@ -1,8 +1,13 @@
-"""The demo backbone: pre-trained on synthetic anatomy, imported like a real CT-CLIP checkpoint."""
+"""The demo backbone: pre-trained on synthetic anatomy, imported like a real CT-CLIP checkpoint.
+
+Precision: float32 on the CPU without autocast (the `--precision` policy is not involved); tensors are
+compared bit for bit only where the same module runs on the same input, else within a tolerance.
+"""
 
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from mafm3.demo.anatomy import Tissue
@@ -22,6 +27,7 @@ def test_patch_tissue_shares_are_the_fraction_of_each_tissue_in_each_patch():
     assert shares[0, 0, 0, 1, Tissue.MUSCLE] == 0.5 and shares[0, 0, 0, 1, Tissue.OUTSIDE] == 0.5
 
 
+@pytest.mark.slow  # about 40 s on 2 cores
 def test_pretraining_lowers_the_anatomy_loss_and_leaves_the_unused_stages_alone():
     rng = np.random.default_rng(0)
     tissues = np.zeros((32, 64, 64), np.uint8)

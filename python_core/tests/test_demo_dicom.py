@@ -1,4 +1,8 @@
-"""DICOM CT and PET series of a synthetic study: same geometry as the NIfTI, SUV recovered from the header."""
+"""DICOM CT and PET series of a synthetic study: same geometry as the NIfTI, SUV recovered from the header.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 import datetime
 

@@ -1,4 +1,8 @@
-"""Voxel grids and random fields of the demo generator: exact geometry and a unit-variance field."""
+"""Voxel grids and random fields of the demo generator: exact geometry and a unit-variance field.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 import numpy as np
 import SimpleITK as sitk

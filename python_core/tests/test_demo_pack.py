@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_skills_packs import backbone_manifest, export, home, tiny_preset  # noqa: F401 (fixtures)
+from tiny_models import export, tiny_preset
 
 from mafm3.demo.backbone import DEMO_BACKBONE_ID
 from mafm3.demo.pack import BASELINE, DEMO_SKILLS, bundle_demo, heldout_record
@@ -55,7 +55,7 @@ def test_heldout_record_keeps_the_headline_numbers():
 
 
 @pytest.fixture()
-def build(backbone_manifest, tmp_path):  # noqa: F811
+def build(backbone_manifest, tmp_path):
     """A build folder as `make demo-pack` leaves it, with tiny packs standing in for the demo skills."""
     build = tmp_path / "build"
     backbone = load_backbone(backbone_manifest["path"])

@@ -1,4 +1,8 @@
-"""Synthetic patients: clinical records and recurrence-free survival from the documented hazard model."""
+"""Synthetic patients: clinical records and recurrence-free survival from the documented hazard model.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 import math
 

@@ -1,4 +1,8 @@
-"""`generate_study`: a deterministic synthetic PET/CT study with plausible anatomy, lesions and uptake."""
+"""`generate_study`: a deterministic synthetic PET/CT study with plausible anatomy, lesions and uptake.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 import numpy as np
 import pytest

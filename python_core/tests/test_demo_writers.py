@@ -1,4 +1,8 @@
-"""`mafm3 demo make-cohort` and `make-study`: the HECKTOR 2022 layout and a single study folder on disk."""
+"""`mafm3 demo make-cohort` and `make-study`: the HECKTOR 2022 layout and a single study folder on disk.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 import csv
 import json

@@ -13,99 +13,27 @@ import threading
 from dataclasses import replace
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
-from test_model_lora import SMALL_BACKBONE
-from test_skills_packs import backbone_manifest, export, home, tiny_preset  # noqa: F401 (fixtures)
+from imaging_phantoms import differs_only_on_label_boundaries, tumour_mask
+from tiny_models import export, tiny_preset
 
 from mafm3.cli import main
 from mafm3.engine import Cancelled, Engine, RunRequest
 from mafm3.engine import runner as engine_runner
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.preprocess import PreprocessingConfig, to_model_array
-from mafm3.model.mtlr import fit_time_bins
-from mafm3.model.prognosis import PrognosisConfig
-from mafm3.model.skill_model import SkillConfig, build_skill_model
+from mafm3.model.skill_model import build_skill_model
 from mafm3.skills.backbone import load_backbone
 from mafm3.skills.packs import install_pack
 from mafm3.skills.presets import PRESETS, Preset
 
-OBLIQUE = (0.96, -0.28, 0.0, 0.28, 0.96, 0.0, 0.0, 0.0, 1.0)  # 16° about S
-
-
-def phantom_ct(size=(48, 40, 16), spacing=(3.0, 3.0, 6.0), direction=OBLIQUE) -> sitk.Image:
-    """Air with a water-like body ellipse and a slightly denser 'tumour', on an oblique, off-origin grid.
-
-    The whole volume (144 x 120 x 96 mm) fits in the demo skills' 192 x 192 x 96 mm box, so nothing is cut.
-    """
-    x, y = np.meshgrid(np.arange(size[0]), np.arange(size[1]), indexing="xy")
-    body = ((x - size[0] / 2) / (size[0] / 2.6)) ** 2 + ((y - size[1] / 2) / (size[1] / 2.8)) ** 2 < 1
-    array = np.full((size[2], size[1], size[0]), -1000.0, np.float32)
-    array[:, body] = 40.0
-    array[5:9, 18:24, 20:27] = 70.0
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    image.SetOrigin((-71.5, 33.25, -412.0))
-    image.SetDirection(direction)
-    return image
-
-
-def tumour_mask(ct: sitk.Image) -> sitk.Image:
-    array = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
-    array[5:9, 18:24, 20:27] = 1
-    array[10:12, 8:12, 30:34] = 2
-    mask = sitk.GetImageFromArray(array)
-    mask.CopyInformation(ct)
-    return mask
-
-
-def tiny_prognosis_preset() -> Preset:
-    demo = PRESETS["demo-prognosis"]
-    prognosis = replace(demo.config.prognosis, image_dim=SMALL_BACKBONE["dim"], num_time_bins=3)
-    config = SkillConfig(task="prognosis", lora=demo.config.lora, prognosis=prognosis)
-    return Preset(
-        "tiny-prognosis",
-        "tiny test prognosis",
-        config,
-        demo.modalities,
-        tiny_preset().preprocessing,  # the segmentation skill's, so the two can share one pass
-        demo.inference,
-        demo.outputs,
-    )
-
-
-@pytest.fixture()
-def installed_skills(backbone_manifest, tmp_path):  # noqa: F811
-    """A tiny CT segmentation skill and a tiny prognosis skill with the same preprocessing, installed."""
-    backbone = load_backbone(backbone_manifest["path"])
-    segmenter = build_skill_model(tiny_preset().config, backbone, "tiny-seg-ct")
-    seg = export(segmenter, tmp_path / "pack-seg", backbone_manifest)
-    preset = tiny_prognosis_preset()
-    prognosis = build_skill_model(preset.config, backbone, "tiny-prognosis")
-    assert isinstance(prognosis.config.prognosis, PrognosisConfig)
-    prognosis.head.set_time_bins(fit_time_bins(torch.tensor([200.0, 500, 900, 1500]), torch.ones(4), 3))
-    from mafm3.skills.packs import export_pack
-
-    prog = export_pack(
-        prognosis,
-        tmp_path / "pack-prognosis",
-        preset=preset,
-        version="1.0.0",
-        backbone_id=backbone_manifest["id"],
-        backbone_sha256=backbone_manifest["sha256"],
-    )
-    for folder in (tmp_path / "pack-seg", tmp_path / "pack-prognosis"):
-        install_pack(folder)
-    return seg, prog
-
-
-@pytest.fixture()
-def study_files(tmp_path):
-    ct = phantom_ct()
-    sitk.WriteImage(ct, str(tmp_path / "ct.nrrd"))
-    (tmp_path / "clinical.json").write_text(json.dumps({"age": 61, "hpv": True, "t_stage": "T2"}))
-    return ct, tmp_path / "ct.nrrd", tmp_path / "clinical.json"
+# Every run here takes `--precision auto`, as users do: on both CPU paths in `make test`. Labels are compared
+# exactly only where no network computes them (the pass-through segmenter) or against the same engine's own
+# earlier run (same module, same input, same kernels).
+pytestmark = pytest.mark.precision
 
 
 def engine() -> Engine:
@@ -147,7 +75,7 @@ def test_the_engine_applies_the_postprocessing_its_manifest_declares(installed_s
 
     from mafm3.imaging.preprocess import prepare_input
     from mafm3.imaging.study import load_study
-    from mafm3.results import GTVN, GTVP
+    from mafm3.results import GTVN, GTVP, SegmentationResult
 
     ct, ct_path, _ = study_files
     study = load_study(str(ct_path))
@@ -160,8 +88,12 @@ def test_the_engine_applies_the_postprocessing_its_manifest_declares(installed_s
     kept = engine_runner.segmentation_on_ct(
         labels, np.zeros(labels.shape, np.float32), prepared, study, manifest
     )
-    node_ml = 32 * np.prod(ct.GetSpacing()) / 1000
-    assert kept.volumes_ml()["GTVn"] == pytest.approx(node_ml) and kept.removed == []
+    # Without postprocessing: exactly the labels brought back to the CT grid (oblique: by label-Gaussian).
+    on_ct = SegmentationResult(
+        engine_runner.labels_to_ct_grid(labels, prepared, study.ct), [GTVP, GTVN], "s", "1"
+    )
+    node_ml = on_ct.volumes_ml()["GTVn"]
+    assert kept.volumes_ml() == on_ct.volumes_ml() and node_ml > 0 and kept.removed == []
     manifest.postprocessing = {"min_component_ml": node_ml * 1.5}  # the node is smaller, GTVp larger
     cleaned = engine_runner.segmentation_on_ct(
         labels, np.zeros(labels.shape, np.float32), prepared, study, manifest
@@ -244,16 +176,50 @@ def test_run_writes_every_output_with_the_ct_geometry(installed_skills, study_fi
     assert json.loads((out / "prognosis.json").read_text())["skill"]["id"] == "tiny-prognosis"
 
 
+def tiny_petct_preset() -> Preset:
+    """The tiny segmentation skill on CT and PET: a 2-channel patch embedding and the PET skip encoder."""
+    ct = tiny_preset("tiny-seg-petct")
+    petct = PRESETS["demo-seg-petct"]
+    config = replace(
+        ct.config,
+        patch_embedding=replace(ct.config.patch_embedding, channels=2),
+        decoder=replace(ct.config.decoder, pet_skip=True),
+    )
+    return replace(ct, config=config, modalities=petct.modalities, preprocessing=petct.preprocessing)
+
+
 def test_missing_pet_for_a_pet_ct_skill_exits_with_one_sentence_and_leaves_out_untouched(
-    installed_skills, study_files, tmp_path, capsys
+    installed_skills,
+    backbone_manifest,
+    study_files,
+    tmp_path,
+    capsys,
 ):
+    preset = tiny_petct_preset()
+    skill = build_skill_model(preset.config, load_backbone(backbone_manifest["path"]), preset.name)
+    export(skill, tmp_path / "pack-petct", backbone_manifest, preset=preset)
+    install_pack(tmp_path / "pack-petct")
     _, ct_path, _ = study_files
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("annotator notes")
-    code = main(["run", "--ct", str(ct_path), "--skill", "tiny-seg-petct", "--out", str(out), "--overwrite"])
+    assert main(["skill", "list"]) == 0 and "tiny-seg-petct" in capsys.readouterr().out  # installed
+    code = main(
+        [
+            "run",
+            "--ct",
+            str(ct_path),
+            "--skill",
+            "tiny-seg-petct",
+            "--out",
+            str(out),
+            "--overwrite",
+            "--quiet",
+        ]
+    )
     error = capsys.readouterr().err.strip()
-    assert code == 1 and error.count("\n") == 0 and "tiny-seg-petct" in error
+    assert code == 1 and error.count("\n") == 0
+    assert "'tiny-seg-petct' needs a PET volume and none was given" in error and "tiny-seg-ct" in error
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
@@ -276,3 +242,51 @@ def test_a_device_that_is_not_there_is_refused(installed_skills, study_files):
     _, ct_path, _ = study_files
     with pytest.raises(MAFM3Error, match="mafm3 doctor"):
         Engine("cuda").run(RunRequest(ct=str(ct_path), skills=["tiny-seg-ct"]))
+
+
+def test_an_oblique_ct_reaches_the_model_in_the_patients_axes_and_returns_on_its_own_grid(
+    installed_skills, study_files, monkeypatch
+):
+    ct, ct_path, _ = study_files
+    assert np.abs(np.array(ct.GetDirection()) - np.eye(3).ravel()).max() > 0.1  # the phantom is oblique
+    mask = tumour_mask(ct)
+    seen = {}
+
+    def pass_through(skill, prepared, window, **kwargs):  # labels and a certain (0) uncertainty map
+        seen["direction"] = prepared.grid.direction
+        labels = to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")
+        return labels, np.zeros(labels.shape, np.float32)
+
+    monkeypatch.setattr(engine_runner, "segment", pass_through)
+    result, _ = engine().run(RunRequest(ct=str(ct_path), skills=["tiny-seg-ct"]))
+    assert seen["direction"] == tuple(np.eye(3).ravel())  # L, P, S: as the skills were trained
+    labels = result.segmentation.labels
+    assert labels.GetDirection() == ct.GetDirection() and labels.GetOrigin() == ct.GetOrigin()
+    assert differs_only_on_label_boundaries(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(mask))
+
+
+def test_a_sliding_window_batch_below_one_is_refused_in_one_sentence(study_files, tmp_path, capsys):
+    _, ct_path, _ = study_files
+    for given in ("0", "-2"):
+        with pytest.raises(SystemExit) as exit_code:
+            main(["run", "--ct", str(ct_path), "--out", str(tmp_path / "out"), "--sw-batch-size", given])
+        assert exit_code.value.code == 2 and f"must be at least 1, got {given}" in capsys.readouterr().err
+    with pytest.raises(
+        MAFM3Error, match=r"^The sliding-window batch size must be at least 1 window per pass"
+    ):
+        RunRequest(ct=str(ct_path), sw_batch_size=0)  # the worker's path: params become a RunRequest
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_ct_series_option_picks_the_series_among_several(tmp_path):
+    from imaging_phantoms import write_dicom_series
+
+    values = np.full((20, 20, 20), 40.0)
+    values[:, :, :3] = -1000.0
+    for name, slices in (("big", 20), ("small", 18)):
+        write_dicom_series(tmp_path / name, values[:slices], (1.0, 1.0, 2.0), (0, 0, 0), np.eye(3), "CT")
+    small_uid = str(pydicom.dcmread(next((tmp_path / "small").iterdir())).SeriesInstanceUID)
+    study = engine().load(RunRequest(ct=str(tmp_path), ct_series_uid=small_uid))
+    assert study.ct.GetSize()[2] == 18 and study.sources["ct"]["series_instance_uid"] == small_uid
+    study = engine().load(RunRequest(ct=str(tmp_path)))
+    assert study.ct.GetSize()[2] == 20 and "choose another with --ct-series UID" in study.warnings[0]

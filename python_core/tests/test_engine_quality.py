@@ -57,3 +57,12 @@ def test_nodes_disagreeing_with_the_n_stage_are_flagged():
     assert qc_flags(_result(with_node), BOX, ClinicalRecord(n_stage="N1")) == []
     assert qc_flags(_result(primary_only), BOX, ClinicalRecord(n_stage="N0")) == []
     assert qc_flags(_result(with_node), BOX, ClinicalRecord()) == []
+
+
+def test_a_misregistered_pet_recorded_by_the_input_check_is_flagged():
+    labels = np.zeros((16, 30, 30))
+    labels[5:8, 10:14, 10:14] = 1
+    record = {"overlap_fraction": 1.0, "body_outline_dice": 0.7, "best_fit_shift_mm": [0, 0, -24.0]}
+    flags = qc_flags(_result(labels), BOX, None, record | {"misregistered": True})
+    assert _codes(flags) == ["pet-ct-misregistered"]
+    assert qc_flags(_result(labels), BOX, None, record | {"misregistered": False}) == []

@@ -1,4 +1,8 @@
-"""Reading and writing images: file formats keep their geometry; DICOM folders give the series asked for."""
+"""Reading and writing images: file formats keep their geometry; DICOM folders give the series asked for.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from imaging_phantoms import LEFT_HANDED, OBLIQUE, make_image, write_dicom_series
 from pydicom.uid import generate_uid
-from test_imaging_fixtures import LEFT_HANDED, OBLIQUE, make_image, write_dicom_series
 
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.io import list_dicom_series, read_image, write_image
@@ -160,3 +164,15 @@ def test_a_nifti_cut_off_in_its_voxels_is_refused_not_zero_filled(tmp_path, pixe
     cut.write_bytes(data[: int(len(data) * 0.7)])  # the header survives, the voxels do not
     with pytest.raises(MAFM3Error, match="incomplete"):
         read_image(cut)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_nan_and_infinity_stored_in_a_nifti_are_not_read_as_zero(tmp_path, suffix):
+    values = np.full((20, 18, 16), 40.0, np.float32)
+    values[3, 4, 5], values[7, 8, 9] = np.nan, np.inf
+    path = tmp_path / f"ct{suffix}"
+    sitk.WriteImage(make_image(values, (1.0, 1.0, 2.0), (0, 0, 0), np.eye(3)), str(path))
+    assert sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))[3, 4, 5] == 0  # ITK's silent zero
+    read = sitk.GetArrayFromImage(read_image(path)[0])  # a copy: the image is not kept
+    assert np.isnan(read[3, 4, 5]) and np.isnan(read[7, 8, 9])
+    assert np.count_nonzero(np.isfinite(read)) == values.size - 2 and read[0, 0, 0] == 40.0

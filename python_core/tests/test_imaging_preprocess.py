@@ -1,16 +1,21 @@
-"""Preprocessing and back: a mask drawn on the CT returns unchanged onto its grid, whatever its geometry."""
+"""Preprocessing and back: a mask drawn on the CT returns unchanged onto its grid, whatever its geometry.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_imaging_fixtures import (
+from imaging_phantoms import (
     FLIPPED,
     LEFT_HANDED,
     OBLIQUE,
     PERMUTED,
     ct_phantom,
+    differs_only_on_label_boundaries,
     origin_for_centre,
     pet_phantom,
     sphere_mask,
@@ -69,7 +74,9 @@ def _round_trip(study, mask, config):
 
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("axis_order", ["zyx", "yxz"])
-def test_a_mask_drawn_on_the_ct_comes_back_identical(name, axis_order):
+def test_a_mask_drawn_on_the_ct_comes_back_on_its_grid_identical_or_oblique_up_to_its_boundary(
+    name, axis_order
+):
     study, mask = _study(*CASES[name])
     config = PreprocessingConfig(
         spacing_mm=_half_of_oriented_spacing(study.ct),
@@ -85,11 +92,22 @@ def test_a_mask_drawn_on_the_ct_comes_back_identical(name, axis_order):
     assert set(np.unique(mask_array)) == {0, 1, 2}
     assert prepared.array.shape == (2, *labels_model.shape) and labels_model.shape != mask_array.shape
     assert np.count_nonzero(labels_model == 1) > 6 * np.count_nonzero(mask_array == 1)
-    # ... and it comes back on the CT's exact grid, voxel for voxel.
+    # ... and it comes back on the CT's exact grid, voxel for voxel; an oblique CT went through the patient's
+    # axes (a rotated grid), so there only voxels on a label's boundary may change.
     assert back.GetPixelID() == sitk.sitkUInt8
     assert back.GetSize() == study.ct.GetSize() and back.GetSpacing() == study.ct.GetSpacing()
     assert back.GetOrigin() == study.ct.GetOrigin() and back.GetDirection() == study.ct.GetDirection()
-    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), mask_array)
+    back_array = sitk.GetArrayFromImage(back)
+    if name != "oblique":
+        np.testing.assert_array_equal(back_array, mask_array)
+        return
+    assert differs_only_on_label_boundaries(back_array, mask_array)
+    for label in (1, 2):
+        shared = np.count_nonzero((back_array == label) & (mask_array == label))
+        assert (
+            2 * shared / (np.count_nonzero(back_array == label) + np.count_nonzero(mask_array == label))
+            > 0.85
+        )
 
 
 @pytest.mark.parametrize("name", ["oblique", "flipped"])

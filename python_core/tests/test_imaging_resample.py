@@ -1,19 +1,15 @@
-"""Resampling keeps physical positions; the torch path gives what SimpleITK gives."""
+"""Resampling keeps physical positions; the torch path gives what SimpleITK gives.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_imaging_fixtures import (
-    FLIPPED,
-    LEFT_HANDED,
-    OBLIQUE,
-    PERMUTED,
-    grid_image,
-    make_image,
-    voxel_points,
-)
+from imaging_phantoms import FLIPPED, LEFT_HANDED, OBLIQUE, PERMUTED, grid_image, make_image, voxel_points
 
 from mafm3.imaging.resample import Grid, resample_onto, resample_to_spacing
 

@@ -1,11 +1,15 @@
-"""ROI centres land where the phantom put the answer, whatever the array order; boxes land on the lattice."""
+"""ROI centres land where the phantom put the answer, whatever the array order; boxes land on the lattice.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_imaging_fixtures import (
+from imaging_phantoms import (
     FLIPPED,
     OBLIQUE,
     PERMUTED,

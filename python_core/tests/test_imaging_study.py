@@ -1,4 +1,8 @@
-"""Loading a study: CT in HU, PET in SUV on its own grid, clinical record; a PET beside a DICOM CT is used."""
+"""Loading a study: CT in HU, PET in SUV on its own grid, clinical record; a PET beside a DICOM CT is used.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from imaging_phantoms import ct_phantom, origin_for_centre, pet_headers, pet_phantom, write_dicom_series
 from pydicom.uid import generate_uid
-from test_imaging_fixtures import ct_phantom, origin_for_centre, pet_headers, pet_phantom, write_dicom_series
 
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.io import write_image

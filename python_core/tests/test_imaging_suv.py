@@ -1,6 +1,9 @@
 """PET to SUV: every expected value is worked by hand from the header values written into the series.
 
 SUV = activity (Bq/ml) * weight (g) / (dose (Bq) * 2 ** (-elapsed (s) / half-life (s))).
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_imaging_fixtures import pet_headers, write_dicom_series
+from imaging_phantoms import pet_headers, write_dicom_series
 
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.io import read_image

@@ -1,15 +1,27 @@
-"""Each input the skills cannot handle is refused with its own one-sentence `MAFM3Error`; good inputs pass."""
+"""Each input the skills cannot handle is refused with its own one-sentence `MAFM3Error`; good inputs pass.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_imaging_fixtures import OBLIQUE, ct_phantom, make_image, origin_for_centre, pet_phantom
+from imaging_phantoms import OBLIQUE, ct_phantom, make_image, origin_for_centre, pet_phantom
 
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.study import Study
-from mafm3.imaging.validation import require_pet, validate_ct, validate_overlap, validate_pet, validate_volume
+from mafm3.imaging.validation import (
+    registration_check,
+    replace_non_finite,
+    require_pet,
+    validate_ct,
+    validate_overlap,
+    validate_pet,
+    validate_volume,
+)
 
 SIZE, SPACING = (24, 24, 20), (2.0, 2.0, 3.0)
 
@@ -147,3 +159,45 @@ def test_a_pet_ct_skill_without_pet_is_refused_with_the_alternative():
     ):
         require_pet(study, "seg-petct", alternative="seg-ct")
     require_pet(Study(ct=study.ct, pet=_pet()), "seg-petct")
+
+
+@pytest.fixture(scope="module")
+def demo_ct_and_pet():
+    from mafm3.demo.study import generate_study
+
+    study = generate_study(3, size="tiny")
+    return sitk.Cast(study.ct, sitk.sitkFloat32), study.pet
+
+
+@pytest.mark.parametrize(
+    ("shift_mm", "warned"),
+    [((0, 0, 0), False), ((0, 0, 20), True), ((0, -20, 0), True), ((15, 0, 0), True)],
+)
+def test_a_pet_shifted_against_its_ct_is_found_by_its_body_outline(demo_ct_and_pet, shift_mm, warned):
+    ct, pet = demo_ct_and_pet
+    moved = sitk.Image(pet)
+    moved.SetOrigin(tuple(np.add(pet.GetOrigin(), shift_mm)))
+    record, warnings = registration_check(ct, moved)
+    assert record["overlap_fraction"] > 0.9  # the boxes alone do not tell
+    assert record["misregistered"] is warned  # what the segmentation's QC flag reads
+    found = np.asarray(record["best_fit_shift_mm"])
+    if not warned:
+        assert warnings == [] and found.tolist() == [0, 0, 0] and record["body_outline_dice"] > 0.9
+        return
+    (warning,) = warnings
+    assert "seems misregistered" in warning
+    # The fit undoes the shift, to within two 4 mm steps of the body-outline grid.
+    assert np.abs(found + np.asarray(shift_mm)).max() <= 8.0
+
+
+def test_non_finite_voxels_are_masked_with_a_count_or_refused_beyond_one_percent():
+    values = np.full((20, 20, 20), 40.0, np.float32)
+    values[2, 3, 4], values[5, 6, 7] = np.nan, -np.inf
+    image = make_image(values, (1.0, 1.0, 1.0), (0, 0, 0), IDENTITY)
+    repaired, warning = replace_non_finite(image, "The CT", -1024.0)
+    out = sitk.GetArrayViewFromImage(repaired)
+    assert out[2, 3, 4] == out[5, 6, 7] == -1024.0 and np.isfinite(out).all()
+    assert np.count_nonzero(out != 40.0) == 2 and "2 voxels (0.025 %, slices 2-5)" in warning
+    values[:, :, 0] = np.nan  # 5 % of the voxels
+    with pytest.raises(MAFM3Error, match=r"The CT has 402 voxels \(5\.0 %\) that are not numbers"):
+        replace_non_finite(make_image(values, (1.0, 1.0, 1.0), (0, 0, 0), IDENTITY), "The CT", -1024.0)

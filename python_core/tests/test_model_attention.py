@@ -1,4 +1,7 @@
-"""CT-ViT blocks (mafm3.model.attention): fused vs plain attention, the keys/values quirk, GEGLU."""
+"""CT-ViT blocks (mafm3.model.attention): fused vs plain attention, the keys/values quirk, GEGLU.
+
+Precision: float32 and float64 as each test says; no autocast.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 
 `ctclip_state_dict` builds synthetic checkpoints with CT-CLIP's real key names and shapes, written from the
 key table of fixtures/ctclip/README.md §2; a test checks it against the fixture's own key list and shapes.
-Other test modules import it.
+
+Precision: float32 on the CPU without autocast (the `--precision` policy is not involved); tensors are
+compared bit for bit only where the same module runs on the same input, else within a tolerance.
 """
 
 from __future__ import annotations
@@ -10,133 +12,15 @@ from __future__ import annotations
 import pickle
 import random
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_models import FIXTURES, SMALL, ctclip_state_dict
 
 from mafm3.errors import MAFM3Error
 from mafm3.model.checkpoint import read_state_dict, split_ctclip_state_dict
 from mafm3.model.ctvit import CTViTConfig
-
-# The CT-CLIP conformance fixtures (a verbatim copy of shared/fixtures/ctclip, see its README).
-FIXTURES = Path(__file__).resolve().parent / "data" / "ctclip"
-
-SMALL = dict(
-    dim=64, heads=4, dim_head=16, depth=4, patch=(4, 8), ff_inner=170, codebook=64, latent=32, grid=(4, 4)
-)
-FULL = dict(
-    dim=512,
-    heads=8,
-    dim_head=32,
-    depth=4,
-    patch=(10, 20),
-    ff_inner=1365,
-    codebook=8192,
-    latent=512,
-    grid=(24, 24),
-)
-
-
-def ctclip_state_dict(
-    *,
-    dim: int,
-    heads: int,
-    dim_head: int,
-    depth: int,
-    patch: tuple[int, int],
-    ff_inner: int,
-    codebook: int,
-    latent: int | None,
-    grid: tuple[int, int],
-    channels: int = 1,
-    text_hidden: int | None = None,
-    seed: int = 0,
-) -> dict[str, torch.Tensor]:
-    """A CT-CLIP flat state dict with random values; `latent=None` leaves out the CLIP projection, and
-    `text_hidden` adds a one-layer BERT of that width with CT-CLIP's key names (and legacy position_ids)."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def rand(*shape: int, scale: float = 0.05, offset: float = 0.0) -> torch.Tensor:
-        return offset + scale * torch.randn(*shape, generator=generator)
-
-    pt, p = patch
-    patch_features, frame_features, inner = channels * pt * p * p, channels * p * p, heads * dim_head
-    v = "visual_transformer."
-    state = {
-        f"{v}to_patch_emb.1.weight": rand(patch_features, offset=1.0),
-        f"{v}to_patch_emb.1.bias": rand(patch_features),
-        f"{v}to_patch_emb.2.weight": rand(dim, patch_features, scale=patch_features**-0.5),
-        f"{v}to_patch_emb.2.bias": rand(dim),
-        f"{v}to_patch_emb.3.weight": rand(dim, offset=1.0),
-        f"{v}to_patch_emb.3.bias": rand(dim),
-        f"{v}to_patch_emb_first_frame.1.weight": rand(frame_features, offset=1.0),
-        f"{v}to_patch_emb_first_frame.1.bias": rand(frame_features),
-        f"{v}to_patch_emb_first_frame.2.weight": rand(dim, frame_features),
-        f"{v}to_patch_emb_first_frame.2.bias": rand(dim),
-        f"{v}to_patch_emb_first_frame.3.weight": rand(dim, offset=1.0),
-        f"{v}to_patch_emb_first_frame.3.bias": rand(dim),
-        f"{v}spatial_rel_pos_bias.net.0.0.weight": rand(dim, 2, scale=0.5),
-        f"{v}spatial_rel_pos_bias.net.0.0.bias": rand(dim),
-        f"{v}spatial_rel_pos_bias.net.1.0.weight": rand(dim, dim, scale=dim**-0.5),
-        f"{v}spatial_rel_pos_bias.net.1.0.bias": rand(dim),
-        f"{v}spatial_rel_pos_bias.net.2.weight": rand(heads, dim, scale=dim**-0.5),
-        f"{v}spatial_rel_pos_bias.net.2.bias": rand(heads),
-        f"{v}vq._codebook.initted": torch.ones(1),
-        f"{v}vq._codebook.cluster_size": rand(1, codebook, offset=1.0),
-        f"{v}vq._codebook.embed": rand(1, codebook, dim, scale=1.0),
-        f"{v}to_pixels.0.weight": rand(patch_features, dim),
-        f"{v}to_pixels.0.bias": rand(patch_features),
-        f"{v}to_pixels_first_frame.0.weight": rand(frame_features, dim),
-        f"{v}to_pixels_first_frame.0.bias": rand(frame_features),
-        "temperature": torch.tensor(4.6052),
-    }
-    for stage in ("enc_spatial_transformer", "enc_temporal_transformer"):
-        s = f"{v}{stage}."
-        state[f"{s}norm_out.gamma"] = torch.ones(dim)
-        state[f"{s}norm_out.beta"] = torch.zeros(dim)
-        for i in range(depth):
-            layer = f"{s}layers.{i}."
-            state |= {
-                f"{layer}0.dsconv.weight": rand(dim, 1, 3, 3, 3, scale=0.1),
-                f"{layer}0.dsconv.bias": rand(dim),
-                f"{layer}1.null_kv": torch.zeros(heads, 0, dim_head),
-                f"{layer}1.q_scale": rand(dim_head, offset=1.0),
-                f"{layer}1.k_scale": rand(dim_head, offset=1.0),
-                f"{layer}1.norm.gamma": rand(dim, offset=1.0),
-                f"{layer}1.norm.beta": torch.zeros(dim),
-                f"{layer}1.context_norm.gamma": rand(dim, offset=1.0),
-                f"{layer}1.context_norm.beta": torch.zeros(dim),
-                f"{layer}1.to_q.weight": rand(inner, dim, scale=dim**-0.5),
-                f"{layer}1.to_kv.weight": rand(2 * inner, dim, scale=dim**-0.5),
-                f"{layer}1.to_out.weight": rand(dim, inner, scale=inner**-0.5),
-                f"{layer}3.0.weight": rand(dim, offset=1.0),
-                f"{layer}3.0.bias": rand(dim),
-                f"{layer}3.1.weight": rand(2 * ff_inner, dim, scale=dim**-0.5),
-                f"{layer}3.4.weight": rand(dim, ff_inner, scale=ff_inner**-0.5),
-            }
-    if latent is not None:
-        features = grid[0] * grid[1] * dim
-        state["to_visual_latent.weight"] = rand(latent, features, scale=features**-0.5)
-        state["to_visual_latent_extra.weight"] = rand(latent, features, scale=features**-0.5)
-    if text_hidden is not None:
-        t = "text_transformer."
-        state |= {
-            f"{t}embeddings.word_embeddings.weight": rand(30, text_hidden),
-            f"{t}embeddings.position_embeddings.weight": rand(16, text_hidden),
-            f"{t}embeddings.token_type_embeddings.weight": rand(2, text_hidden),
-            f"{t}embeddings.LayerNorm.weight": rand(text_hidden, offset=1.0),
-            f"{t}embeddings.LayerNorm.bias": rand(text_hidden),
-            f"{t}embeddings.position_ids": torch.arange(16)[None],
-            f"{t}encoder.layer.0.attention.self.query.weight": rand(text_hidden, text_hidden),
-            f"{t}encoder.layer.0.attention.self.query.bias": rand(text_hidden),
-            f"{t}pooler.dense.weight": rand(text_hidden, text_hidden),
-            f"{t}pooler.dense.bias": rand(text_hidden),
-            "to_text_latent.weight": rand(latent or dim, text_hidden),
-            "to_text_latent_extra.weight": rand(latent or dim, text_hidden),
-        }
-    return state
 
 
 def test_synthetic_checkpoint_has_the_fixture_keys_and_shapes():

@@ -2,6 +2,9 @@
 
 Oracles: the two-prompt softmax worked by hand (aligned latents give sigmoid(exp(T) · (1 - 0))); the prompts
 CT-CLIP's `zero_shot.py` uses; the classification path runs the bare backbone whatever skill was active.
+
+Precision: float32 on the CPU without autocast (the `--precision` policy is not involved); tensors are
+compared bit for bit only where the same module runs on the same input, else within a tolerance.
 """
 
 from __future__ import annotations
@@ -11,8 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_model_lora import lora_only_config, randomise_lora, small_backbone
-from test_model_text import tiny_text_tower
+from tiny_models import lora_only_config, randomise_lora, small_backbone, tiny_text_tower
 
 from mafm3.model.classification import (
     CT_RATE_ABNORMALITIES,

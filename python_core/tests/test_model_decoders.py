@@ -2,6 +2,9 @@
 
 Oracles: the size arithmetic of 4 up-sampling levels (16³ tokens -> voxels), the authors' per-block parameter
 counts in fixtures/ctclip/mafm3_skill_param_counts.json, and which hidden state reaches which block.
+
+Precision: float32 on the CPU without autocast (the `--precision` policy is not involved); tensors are
+compared bit for bit only where the same module runs on the same input, else within a tolerance.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import json
 
 import pytest
 import torch
-from test_model_checkpoint import FIXTURES
+from tiny_models import FIXTURES
 
 from mafm3.model.decoders import UnetrDecoder, UnetrDecoderConfig
 

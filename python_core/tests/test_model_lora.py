@@ -2,60 +2,20 @@
 
 Oracles: the bare backbone's own features, taken before any skill exists (a fresh skill must reproduce them
 bit for bit, and any sequence of activations must give them back); the base weights' bytes; LoRA's size
-formula r·(in + out) per projection. `small_backbone` is imported by the other skill test modules.
+formula r·(in + out) per projection.
+
+Precision: float32 on the CPU without autocast (the `--precision` policy is not involved); tensors are
+compared bit for bit only where the same module runs on the same input, else within a tolerance.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_model_checkpoint import ctclip_state_dict
+from tiny_models import lora_only_config, randomise_lora, small_backbone
 
-from mafm3.model.checkpoint import split_ctclip_state_dict
-from mafm3.model.ctvit import CTViT, CTViTConfig
 from mafm3.model.lora import LoraSpec, activate_lora, active_lora, lora_adapter_names, lora_state_dict
-from mafm3.model.prognosis import PrognosisConfig
 from mafm3.model.skill_model import SkillConfig, build_skill_model
-
-SMALL_BACKBONE = dict(
-    dim=32, heads=2, dim_head=16, depth=4, patch=(4, 8), ff_inner=40, codebook=16, grid=(4, 4)
-)
-
-
-def small_backbone(seed: int = 0, latent: int | None = None, **sizes) -> CTViT:
-    """A random CT-ViT in CT-CLIP's layout: D 32, 2 x 16 heads, depth 4 + 4, patches 4 x 8 x 8; frozen."""
-    state = ctclip_state_dict(**{**SMALL_BACKBONE, **sizes}, latent=latent, seed=seed)
-    visual = split_ctclip_state_dict(state).visual
-    return CTViT.from_state_dict(
-        CTViTConfig.from_state_dict(visual, patch_size=8, temporal_patch_size=4), visual
-    )
-
-
-def lora_only_config(
-    *, position_copies: bool = False, rank: int = 4, stages=("spatial", "temporal")
-) -> SkillConfig:
-    """A skill that changes only the inside of the backbone (LoRA, maybe position copies)."""
-    return SkillConfig(
-        task="prognosis",
-        lora=LoraSpec(rank=rank, alpha=8.0, dropout=0.0, stages=stages),
-        position_copies=position_copies,
-        prognosis=PrognosisConfig(
-            clinical_encoder="tabular",
-            image_dim=32,
-            adapter_dim=8,
-            fusion_hidden=8,
-            fusion_out=4,
-            num_time_bins=3,
-        ),
-    )
-
-
-def randomise_lora(backbone, adapter: str, seed: int, scale: float = 0.3) -> None:
-    """Give an adapter non-zero B (and new A) so that it changes the features."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in lora_state_dict(backbone, adapter).values():
-            tensor.copy_(scale * torch.randn(tensor.shape, generator=generator))
 
 
 def features(backbone, x, skill=None):

@@ -4,6 +4,9 @@ Oracles: the likelihood worked by hand on one boundary (two intervals); the law 
 -log of the probability its curve gives to what was observed; survival is 1 at t = 0 and never increases;
 curves that lie below others have the higher risk and the shorter expected survival (computed here with the
 trapezoid rule); numerical gradients.
+
+Precision: float32 on the CPU without autocast (the `--precision` policy is not involved); tensors are
+compared bit for bit only where the same module runs on the same input, else within a tolerance.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Patch embedding (mafm3.model.patch_embedding): the flatten order inside a patch, and shape errors."""
+"""Patch embedding (mafm3.model.patch_embedding): the flatten order inside a patch, and shape errors.
+
+Precision: float32 on the CPU without autocast (the `--precision` policy is not involved); tensors are
+compared bit for bit only where the same module runs on the same input, else within a tolerance.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Position modules (mafm3.model.position): continuous position bias and its cache, causal PEG."""
+"""Position modules (mafm3.model.position): continuous position bias and its cache, causal PEG.
+
+Precision: float32 on the CPU without autocast (the `--precision` policy is not involved); tensors are
+compared bit for bit only where the same module runs on the same input, else within a tolerance.
+"""
 
 from __future__ import annotations
 

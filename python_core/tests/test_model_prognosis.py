@@ -3,6 +3,9 @@
 Oracles: the authors' parameter counts (fixture JSON); missingness is explicit (an empty record is all
 missing-indicators); tertile thresholds put a third of the training risks in each group; the report changes
 when and only when a field changes.
+
+Precision: float32 on the CPU without autocast (the `--precision` policy is not involved); tensors are
+compared bit for bit only where the same module runs on the same input, else within a tolerance.
 """
 
 from __future__ import annotations
@@ -12,9 +15,7 @@ import math
 
 import pytest
 import torch
-from test_model_checkpoint import FIXTURES
-from test_model_lora import small_backbone
-from test_model_text import tiny_text_tower
+from tiny_models import FIXTURES, small_backbone, tiny_text_tower
 
 from mafm3.clinical import ClinicalRecord
 from mafm3.errors import MAFM3Error

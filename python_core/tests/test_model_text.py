@@ -1,41 +1,19 @@
 """CT-CLIP's text tower wrapper (`mafm3.model.text`) on a tiny random BERT with a tiny vocabulary.
 
 Oracles: masked mean pooling does not depend on how much padding a batch adds; [CLS] pooling is position 0 of
-BERT's own output; a state dict written by BERT loads back into an identical model. `tiny_text_tower` is
-imported by the classification and skill tests.
+BERT's own output; a state dict written by BERT loads back into an identical model.
+
+Precision: float32 on the CPU without autocast (the `--precision` policy is not involved); tensors are
+compared bit for bit only where the same module runs on the same input, else within a tolerance.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from tiny_models import tiny_text_tower
 
-from mafm3.model.text import TextEncoder, bert_from_state_dict, load_tokenizer
-
-WORDS = (
-    "is present not . the a patient year old male female weighing kg tobacco alcohol use no status "
-    "performance hpv positive negative surgery chemotherapy given performed staging tnm head neck cancer "
-    "lung nodule emphysema cardiomegaly medical material"
-).split()
-
-
-def tiny_text_tower(folder, hidden: int = 16, seed: int = 0) -> tuple[dict, TextEncoder]:
-    """Writes a WordPiece vocab to `folder` and returns (BERT state dict, TextEncoder) of a 1-layer BERT."""
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[f"{d}" for d in range(10)]]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=hidden,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=128,
-    )
-    state = BertModel(config).state_dict()
-    return state, TextEncoder(bert_from_state_dict(state), load_tokenizer(folder), max_length=128)
+from mafm3.model.text import bert_from_state_dict
 
 
 def test_masked_mean_ignores_padding_and_cls_is_the_first_position(tmp_path):

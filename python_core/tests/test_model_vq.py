@@ -1,4 +1,7 @@
-"""Cosine codebook (mafm3.model.vq) against a brute-force numpy argmax."""
+"""Cosine codebook (mafm3.model.vq) against a brute-force numpy argmax.
+
+Precision: float32, and bf16 autocast where a test asks for it by name.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 Oracle: the tumour balls are defined in physical LPS space; the expected mask of each CT slice is computed
 from that slice's own DICOM header (position, orientation, pixel spacing), independently of the label grid.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from ct_series import slice_pixel_points_lps, voxel_points_lps, write_ct_series
+from ct_series import slice_pixel_points_lps, write_ct_series
+from imaging_phantoms import voxel_points
 from pydicom.uid import SegmentationStorage
 
 from mafm3.errors import MAFM3Error
@@ -53,7 +57,7 @@ def ct_series(tmp_path_factory):
 
 def _result_on(ct: sitk.Image) -> SegmentationResult:
     """Label map on the CT grid drawn from the physical balls (points from SimpleITK's index mapping)."""
-    labels = sitk.GetImageFromArray(_expected_labels(voxel_points_lps(ct)))
+    labels = sitk.GetImageFromArray(_expected_labels(voxel_points(ct)))
     labels.CopyInformation(ct)
     return SegmentationResult(labels, [GTVP, GTVN], "hecktor-seg-ct", "1.2.0")
 

@@ -3,6 +3,9 @@
 Oracle: a phantom defined in physical LPS mm around (0, 0, 0) — body, spine posterior, GTVp left-anterior
 (an ellipsoid 1.5× taller than wide), GTVn on the right — sampled onto CT grids of different orientations;
 where a structure must appear follows from the radiological display convention, not from the code.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
 """
 
 from __future__ import annotations

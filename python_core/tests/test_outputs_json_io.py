@@ -1,4 +1,8 @@
-"""`prognosis.json` and `result.json`: each value read back equals what the test put in or counted itself."""
+"""`prognosis.json` and `result.json`: each value read back equals what the test put in or counted itself.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from mafm3.outputs.json_io import DEMO_DISCLAIMER, write_prognosis_json, write_result_json
+from mafm3.outputs.json_io import DEMO_DISCLAIMER, result_record, write_prognosis_json, write_result_json
 from mafm3.results import GTVN, GTVP, ClassificationResult, PrognosisResult, SegmentationResult, StudyResult
 
 SPACING_MM = (0.8, 1.1, 2.5)
@@ -95,3 +99,13 @@ def test_result_json_of_a_classification_only_run_has_no_segmentation_or_prognos
     assert record["segmentation"] is None and record["prognosis"] is None
     assert record["skills"] == [{"task": "classification", "id": "zs", "version": "1"}]
     assert record["demo"] is False and "disclaimer" not in record
+
+
+def test_the_record_the_worker_sends_and_result_json_carry_the_warnings(tmp_path):
+    warnings = [
+        "The PET had 12 voxels (0.001 %, slices 3-4) that were not numbers (NaN or infinite); set to 0."
+    ]
+    study = StudyResult(inputs={}, warnings=warnings)
+    assert result_record(study)["warnings"] == warnings  # what `mafm3.worker` sends as its result
+    assert json.loads(write_result_json(study, tmp_path / "result.json").read_text())["warnings"] == warnings
+    assert result_record(StudyResult(inputs={}))["warnings"] == []

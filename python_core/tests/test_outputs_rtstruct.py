@@ -12,7 +12,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from ct_series import slice_pixel_points_lps, voxel_points_lps, write_ct_series
+from ct_series import slice_pixel_points_lps, write_ct_series
+from imaging_phantoms import voxel_points
 from matplotlib.path import Path as PolygonPath
 
 from mafm3.errors import MAFM3Error
@@ -48,7 +49,7 @@ def ct(tmp_path_factory):
 
 
 def _result_on(image: sitk.Image) -> SegmentationResult:
-    labels = sitk.GetImageFromArray(expected_labels(voxel_points_lps(image)))
+    labels = sitk.GetImageFromArray(expected_labels(voxel_points(image)))
     labels.CopyInformation(image)
     return SegmentationResult(labels, [GTVP, GTVN], "demo-seg-petct", "1.0.0")
 

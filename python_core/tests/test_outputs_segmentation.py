@@ -2,6 +2,9 @@
 
 Oracles: the label array and CT geometry the test builds (oblique, flipped, anisotropic, off-origin, x≠y≠z),
 Slicer's documented LPS→RAS convention ijkToRAS = diag(-1, -1, 1)·D·diag(spacing), and the SegmentSpec codes.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
 """
 
 from __future__ import annotations

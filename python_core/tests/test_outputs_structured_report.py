@@ -16,10 +16,9 @@ import SimpleITK as sitk
 from ct_series import write_ct_series
 
 from mafm3.errors import MAFM3Error
-from mafm3.imaging.measurements import SegmentMeasurements
 from mafm3.outputs.dicom_seg import write_dicom_seg
 from mafm3.outputs.structured_report import write_structured_report
-from mafm3.results import GTVN, GTVP, PrognosisResult, SegmentationResult
+from mafm3.results import GTVN, GTVP, PrognosisResult, SegmentationResult, SegmentMeasurements
 
 GTVP_NUMBERS = SegmentMeasurements(
     volume_ml=12.5,

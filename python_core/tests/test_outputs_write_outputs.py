@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -131,3 +133,36 @@ def test_dicom_seg_without_a_segmentation_is_refused(tmp_path, ct):
     with pytest.raises(MAFM3Error, match="DICOM SEG needs a segmentation result"):
         write_outputs(_study(ct, segmentation=False), tmp_path / "out", ct, dicom_seg=True)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_the_output_folder_gets_the_mode_of_the_umask(tmp_path, ct, umask):
+    previous = os.umask(umask)
+    try:
+        write_outputs(_study(ct, segmentation=False), tmp_path / "out", ct)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~umask  # as `mkdir` would make it
+
+
+def test_an_output_folder_that_cannot_be_created_is_refused_before_any_work(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    with pytest.raises(
+        MAFM3Error, match=r"^The output folder .*notes\.txt/out cannot be written \(.*notes\.txt:"
+    ):
+        check_output_dir(tmp_path / "notes.txt" / "out")
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]  # the check leaves nothing behind
+
+
+def test_warnings_are_written_to_result_json_and_shown_first_in_the_report(tmp_path, ct):
+    study = _study(ct)
+    study.warnings = [
+        "The CT series held 1 duplicated slice(s) (same position, identical pixels); ignored.",
+        "B <2>.",
+    ]
+    write_outputs(study, tmp_path / "out", ct)
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["warnings"] == study.warnings
+    report = (tmp_path / "out" / "report.html").read_text()
+    shown = report.index("<h2>Warnings</h2>")
+    assert shown < report.index("<h2>Images</h2>") and "B &lt;2&gt;." in report[shown:]
+    assert "1 duplicated slice(s)" in report[shown:]

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from test_model_checkpoint import FIXTURES, SMALL, ctclip_state_dict
+from tiny_models import FIXTURES, SMALL, ctclip_state_dict
 
 from mafm3.cli import main
 from mafm3.imaging.preprocess import PreprocessingConfig

@@ -2,6 +2,9 @@
 
 Oracles: the tower rebuilt from the backbone folder gives the same embeddings as the BERT that was written
 into the checkpoint; a backbone without a text side refuses the text skills with one sentence.
+
+Precision: float32 on the CPU without autocast (the `--precision` policy is not involved); tensors are
+compared bit for bit only where the same module runs on the same input, else within a tolerance.
 """
 
 from __future__ import annotations
@@ -9,9 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_model_checkpoint import ctclip_state_dict
-from test_model_lora import SMALL_BACKBONE
-from test_model_text import tiny_text_tower
+from tiny_models import SMALL_BACKBONE, ctclip_state_dict, tiny_text_tower
 
 from mafm3.errors import MAFM3Error
 from mafm3.skills.backbone import import_ctclip_checkpoint, load_backbone

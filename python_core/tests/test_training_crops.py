@@ -5,13 +5,16 @@ Oracles: the label under a crop's centre voxel (MONAI puts the chosen centre at 
 flips and quarter turns are switched off so it stays there), counted against the odds a law of sampling gives:
 uniform tumour voxels pick a class in proportion to its volume, class ratios pick it with the given odds.
 The learning rate logged at each step against lr · (1 - step / iterations)^0.9.
+
+Precision: float32 training (`--precision fp32`); label counts against the sampling odds, learning rates
+within float rounding.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_training_trainer import lab, read_log, train_options  # noqa: F401 (lab is a fixture)
+from training_lab import read_log, train_options
 
 from mafm3.errors import MAFM3Error
 from mafm3.training import segmentation

@@ -1,4 +1,8 @@
-"""HECKTOR 2022 folders and datalists read as written by hand; `mafm3 dataset add-case` grows them safely."""
+"""HECKTOR 2022 folders and datalists read as written by hand; `mafm3 dataset add-case` grows them safely.
+
+Precision: numpy and SimpleITK only (no torch, so no autocast); geometry in float64, tolerances in the units
+each assertion names.
+"""
 
 import csv
 import json

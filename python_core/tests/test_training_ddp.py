@@ -13,13 +13,16 @@ import os
 import subprocess
 import sys
 
-from test_training_trainer import lab, preset_file, read_log  # noqa: F401  (fixture `lab`)
+import pytest
+from training_lab import preset_file, read_log
 
 from mafm3.skills.packs import verify_pack
 
+pytestmark = pytest.mark.slow  # two torchrun processes train: about 30 s on 2 cores
+
 
 def test_two_cpu_ranks_stay_identical_and_write_one_pack(
-    lab,  # noqa: F811
+    lab,
     tmp_path,
 ):
     preset = preset_file(tmp_path, "segmentation")

@@ -14,9 +14,10 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_training_trainer import lab, train_options  # noqa: F401  (the module fixture `lab`)
+from training_lab import train_options
 
 from mafm3.cli import main
+from mafm3.engine import runner as engine_runner
 from mafm3.errors import MAFM3Error
 from mafm3.skills.packs import install_pack
 from mafm3.training.baseline import is_baseline
@@ -26,7 +27,7 @@ EVAL = ["--device", "cpu", "--precision", "fp32", "--bootstrap", "20", "--quiet"
 
 
 @pytest.fixture(scope="module")
-def segmentation_pack(lab, tmp_path_factory):  # noqa: F811
+def segmentation_pack(lab, tmp_path_factory):
     out = tmp_path_factory.mktemp("packs") / "seg"
     train(train_options(lab, "segmentation", out, fold=0, folds=4, iterations=8, val_every=4))
     return out
@@ -42,9 +43,26 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     return 2 * (prediction & reference).sum() / both if both else math.nan
 
 
+@pytest.fixture()
+def image_thresholds(monkeypatch):
+    """The network of every segmentation skill replaced by thresholds of its own CT input (model space):
+    GTVp on the brightest 2 % of the box, GTVn on the next 8 %. A skill trained for 8 iterations predicts
+    one class everywhere or nothing; these masks are partial and differ from case to case and from the
+    reference, so the comparison below cannot pass on empty or full masks."""
+
+    def segment(skill, prepared, window, **kwargs):
+        ct = prepared.array[0]
+        rank = ct.argsort(axis=None, kind="stable").argsort().reshape(ct.shape) / ct.size  # ties broken
+        labels = np.select([rank >= 0.98, rank >= 0.9], [1, 2], 0).astype(np.uint8)
+        return labels, np.zeros(labels.shape, np.float32)  # and a certain (0) uncertainty map
+
+    monkeypatch.setattr(engine_runner, "segment", segment)
+
+
 def test_a_fold_is_evaluated_on_its_test_cases_exactly_as_mafm3_run_segments_them(
-    lab,  # noqa: F811
+    lab,
     segmentation_pack,
+    image_thresholds,
     tmp_path,
 ):
     out = tmp_path / "metrics.json"
@@ -73,6 +91,7 @@ def test_a_fold_is_evaluated_on_its_test_cases_exactly_as_mafm3_run_segments_the
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(lab.cohort / "labelsTr" / f"{case}.nii.gz")))
     assert predicted.shape == reference.shape
     for label, name in ((1, "GTVp"), (2, "GTVn")):
+        assert 0 < (predicted == label).sum() < predicted.size / 2  # a partial mask, neither empty nor all
         expected = dice(predicted == label, reference == label)
         got = float(rows[0][f"{name}_dice"]) if rows[0][f"{name}_dice"] else math.nan
         assert got == pytest.approx(expected, nan_ok=True)
@@ -80,7 +99,7 @@ def test_a_fold_is_evaluated_on_its_test_cases_exactly_as_mafm3_run_segments_the
 
 
 def test_a_fold_the_pack_trained_on_is_refused_and_without_fold_the_overlap_is_reported(
-    lab,  # noqa: F811
+    lab,
     segmentation_pack,
     tmp_path,
     capsys,
@@ -98,7 +117,7 @@ def test_a_fold_the_pack_trained_on_is_refused_and_without_fold_the_overlap_is_r
     assert summary["n_cases_seen_in_training"] == len(fold["train_ids"]) + len(fold["val_ids"])
 
 
-def test_prognosis_eval_reports_harrells_c_with_the_sign_of_risk(lab, tmp_path):  # noqa: F811
+def test_prognosis_eval_reports_harrells_c_with_the_sign_of_risk(lab, tmp_path):
     pack = tmp_path / "prognosis"
     train(train_options(lab, "prognosis", pack, iterations=None, epochs=2, batch_size=2))
     out = tmp_path / "prognosis.json"
@@ -122,7 +141,7 @@ def test_prognosis_eval_reports_harrells_c_with_the_sign_of_risk(lab, tmp_path):
 
 
 def test_the_unetr_baseline_trains_on_the_same_data_and_is_evaluated_side_by_side(
-    lab,  # noqa: F811
+    lab,
     segmentation_pack,
     tmp_path,
 ):
@@ -162,3 +181,19 @@ def test_the_unetr_baseline_trains_on_the_same_data_and_is_evaluated_side_by_sid
     assert summary["skill"]["baseline"] == "unetr"
     test_ids = skill["training"]["split"]["folds"][0]["test_ids"]
     assert [row["case_id"] for row in read_rows(tmp_path / "unetr_per_case.csv")] == test_ids
+
+
+@pytest.mark.slow
+def test_eval_takes_a_shipped_skill_id_and_names_the_cases_it_skipped(tmp_path, monkeypatch, capsys):
+    from mafm3.demo.writers import write_cohort
+
+    monkeypatch.setenv("MAFM3_HOME", str(tmp_path / "home"))  # nothing installed: the id is a shipped one
+    ids = write_cohort(2, 5, tmp_path / "cohort", "tiny")
+    (tmp_path / "cohort" / "labelsTr" / f"{ids[1]}.nii.gz").unlink()
+    out = tmp_path / "metrics.json"
+    command = ["eval", "--dataset", str(tmp_path / "cohort"), "--skill", "demo-seg-petct", "--out", str(out)]
+    assert main([*command, *EVAL[:-1]]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["skill"]["id"] == "demo-seg-petct" and summary["metrics"]["n_cases"] == 1
+    assert summary["skipped_cases"] == [{"case_id": ids[1], "reason": "no label file"}]
+    assert f"skipped 1 case(s): {ids[1]} (no label file)" in capsys.readouterr().out

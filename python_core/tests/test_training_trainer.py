@@ -7,144 +7,48 @@ recomputed from the endpoint CSV of the training cases; set algebra on split ids
 `requires_grad` flags. Everything runs on a synthetic 8-case cohort (`mafm3.demo`, tiny size), a random
 CT-ViT of width 32 and skills with a few thousand parameters, on one CPU thread.
 
-Other modules import `lab`, `preset_file` and `train_options` from here.
+Precision: float32 training (`--precision fp32`). A resumed run is compared bit for bit with an uninterrupted
+one: the same CPU kernels take the same steps on the bytes the checkpoint restored.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from test_model_checkpoint import ctclip_state_dict
-from test_model_lora import SMALL_BACKBONE
+from safetensors.torch import load_file
+from training_lab import (
+    N_CASES,
+    NUM_TIME_BINS,
+    SEGMENTATION_WINDOW,
+    preset_file,
+    preset_values,
+    read_log,
+    train_options,
+)
 
 from mafm3 import __version__
 from mafm3.cli import main
 from mafm3.config import skills_dir
-from mafm3.demo.writers import write_cohort
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.preprocess import PreprocessingConfig
-from mafm3.model.decoders import UnetrDecoderConfig
-from mafm3.model.lora import LoraSpec
-from mafm3.model.prognosis import PrognosisConfig
-from mafm3.model.skill_model import PatchEmbeddingSpec, SkillConfig, build_skill_model
-from mafm3.skills.backbone import import_ctclip_checkpoint, load_backbone
+from mafm3.model.skill_model import SkillConfig, build_skill_model
+from mafm3.skills.backbone import load_backbone
 from mafm3.skills.packs import export_pack, install_pack, verify_pack
 from mafm3.skills.presets import PRESETS
 from mafm3.training import segmentation
+from mafm3.training.build import check_only_skill_trains
 from mafm3.training.datasets import CaseCache, load_cohort
 from mafm3.training.model_space import CachedCases
-from mafm3.training.pipeline import TrainOptions, check_only_skill_trains, preset_from_file, train
+from mafm3.training.pipeline import TrainOptions, train
+from mafm3.training.source import preset_from_file
 from mafm3.training.splits import kfold_split
 from mafm3.training.trainer import Network, Ranks, batch_indices, steps_per_epoch
-
-N_CASES = 8
-SEGMENTATION_WINDOW = [16, 32, 32]  # (T, H, W): 1 x 2 x 2 tokens of 16³
-PROGNOSIS_INPUT = [16, 32, 32]  # 6 mm voxels over 96 x 192 x 192 mm: 4 x 4 x 4 backbone tokens
-NUM_TIME_BINS = 4
-
-
-def preset_values(task: str, *, dropout: float = 0.1) -> dict:
-    """A preset file's fields for a tiny skill on the width-32 test backbone, 6 mm voxels."""
-    if task == "segmentation":
-        config = SkillConfig(
-            task="segmentation",
-            lora=LoraSpec(rank=2, alpha=4.0, dropout=dropout),
-            patch_embedding=PatchEmbeddingSpec(channels=1),
-            position_copies=True,
-            decoder=UnetrDecoderConfig(hidden_size=SMALL_BACKBONE["dim"], feature_size=4),
-        )
-        demo, roi = PRESETS["demo-seg-ct"], [240.0, 240.0, 144.0]
-        inference = {"window_voxels": SEGMENTATION_WINDOW, "overlap": 0.25}
-    else:
-        config = SkillConfig(
-            task="prognosis",
-            lora=LoraSpec(rank=2, alpha=4.0, dropout=dropout),
-            prognosis=PrognosisConfig(
-                clinical_encoder="tabular",
-                image_dim=SMALL_BACKBONE["dim"],
-                adapter_dim=16,
-                fusion_hidden=16,
-                fusion_out=8,
-                num_time_bins=NUM_TIME_BINS,
-            ),
-        )
-        demo, roi = PRESETS["demo-prognosis"], [192.0, 192.0, 96.0]
-        inference = {"input_voxels": PROGNOSIS_INPUT}
-    preprocessing = {
-        **demo.preprocessing,
-        "spacing": [6.0, 6.0, 6.0],
-        "roi": {"method": "auto", "size_mm": roi},
-    }
-    return {
-        "name": f"tiny-{task[:4]}",
-        "description": f"tiny {task} test skill",
-        "config": config.to_dict(),
-        "modalities": ["CT"],
-        "preprocessing": preprocessing,
-        "inference": inference,
-        "outputs": demo.outputs,
-        "demo": True,
-    }
-
-
-def preset_file(folder: Path, task: str, **changes) -> Path:
-    path = folder / f"tiny-{task}-{'-'.join(f'{k}{v}' for k, v in changes.items()) or 'default'}.json"
-    path.write_text(json.dumps(preset_values(task, **changes)))
-    return path
-
-
-@dataclass
-class Lab:
-    """A MAFM3_HOME with the tiny backbone imported, a synthetic cohort, and the tiny presets as files."""
-
-    root: Path
-    home: Path
-    cohort: Path
-    backbone: dict
-    presets: dict[str, Path]
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    root = tmp_path_factory.mktemp("training")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on a busy two-core machine run 10-30 times slower
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MAFM3_HOME", str(root / "home"))
-        checkpoint = root / "tiny-ct-clip.safetensors"
-        save_file(ctclip_state_dict(**SMALL_BACKBONE, latent=None), checkpoint)
-        manifest = import_ctclip_checkpoint(
-            checkpoint, backbone_id="tiny", patch_size=8, temporal_patch_size=4
-        )
-        manifest["path"] = root / "home" / "backbones" / "tiny"
-        write_cohort(N_CASES, 0, root / "cohort", "tiny")
-        presets = {task: preset_file(root, task) for task in ("segmentation", "prognosis")}
-        yield Lab(root, root / "home", root / "cohort", manifest, presets)
-    torch.set_num_threads(threads)
-
-
-def train_options(lab: Lab, task: str, out: Path, **changes) -> TrainOptions:
-    values = dict(
-        task=task,
-        dataset=lab.cohort,
-        out=out,
-        preset=str(lab.presets[task]),
-        iterations=4,
-        crops_per_case=2,
-        lr=1e-3,
-        precision="fp32",
-        device="cpu",
-    )
-    return TrainOptions(**{**values, **changes})
 
 
 def hashes(*folders: Path) -> dict[str, str]:
@@ -154,10 +58,6 @@ def hashes(*folders: Path) -> dict[str, str]:
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
-
-
-def read_log(work: Path) -> list[dict]:
-    return [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
 
 
 def test_training_lowers_the_loss_and_writes_an_installable_pack_with_its_provenance(lab, tmp_path):

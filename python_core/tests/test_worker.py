@@ -1,7 +1,8 @@
 """The warm worker: the JSON-lines protocol of `mafm3.worker`, in-process and as the real process.
 
 In-process tests run `serve()` on a thread, with a pipe for stdin and a queue collecting the event lines; the
-engine is `test_worker_fake_engine.FakeEngine`. Every wait has a timeout, so a hang fails instead of blocking.
+engine is `fake_engine.FakeEngine`, whose skills are the demo packs shipped with mafm3 (MAFM3_HOME is empty).
+Every wait has a timeout, so a hang fails instead of blocking.
 """
 
 from __future__ import annotations
@@ -14,28 +15,36 @@ import sys
 import threading
 from pathlib import Path
 
+import fake_engine as fake
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import test_worker_fake_engine as fake
 import torch
 
 import mafm3
+import mafm3.config
 from mafm3.worker import ENGINE_ENV, serve
 
 TESTS_DIR = Path(__file__).resolve().parent
 TIMEOUT_S = 30.0
 TERMINAL = {"result", "error", "cancelled"}
 SPACING_MM = (2.0, 2.0, 2.0)
-TUMOUR_SLICE = slice(5, 10)  # a 5 x 5 x 5 voxel cube: 125 voxels of 8 mm3 = 1.0 ml
+SKILLS = ["demo-seg-ct", "demo-prognosis"]  # shipped with mafm3
+# The fake's blocks on a 20^3 grid: GTVp 20 // 5 = 4 voxels a side, GTVn half that; voxels of 8 mm3.
+GTVP_ML, GTVN_ML = 4**3 * 8 / 1000, 2**3 * 8 / 1000
+
+
+@pytest.fixture(autouse=True)
+def empty_home(tmp_path, monkeypatch):
+    """No installed packs: the fake engine (in this process or a worker's) offers the shipped demo packs."""
+    monkeypatch.setenv("MAFM3_HOME", str(tmp_path / "home"))
 
 
 @pytest.fixture(scope="module")
 def ct_path(tmp_path_factory) -> Path:
-    """A 20^3 CT: air, a soft-tissue body at 20 HU, and a 1.0 ml cube at 100 HU (the fake engine's GTVp)."""
+    """A 20^3 CT at 2 mm: air and a soft-tissue body at 20 HU."""
     hu = np.full((20, 20, 20), -1000.0, dtype=np.float32)
     hu[2:18, 2:18, 2:18] = 20.0
-    hu[TUMOUR_SLICE, TUMOUR_SLICE, TUMOUR_SLICE] = 100.0
     image = sitk.GetImageFromArray(hu)
     image.SetSpacing(SPACING_MM)
     image.SetOrigin((-20.0, 7.5, 100.0))
@@ -98,7 +107,8 @@ class Session:
         return events
 
     def run(self, job_id: str, **params) -> list[dict]:
-        self.send({"id": job_id, "op": "run", "params": params})
+        """A run of `params` (of the demo skills unless `skills` is given); its events up to the last."""
+        self.send({"id": job_id, "op": "run", "params": {"skills": SKILLS, **params}})
         return self.events_until_end_of(job_id)
 
     def start_slow_run(self, job_id: str, **params) -> None:
@@ -141,9 +151,13 @@ def test_list_skills_lists_the_skills_the_engine_chooses_from_with_their_manifes
     answer = session.event()
 
     assert (answer["id"], answer["event"]) == ("s", "skills")
-    assert answer["skills"] == [
-        {**json.loads(json.dumps(fake.offered_skill().manifest.to_dict())), "path": None}
-    ]
+    shipped = sorted(mafm3.config.bundled_skills_dir().glob("*/manifest.json"))
+    assert shipped  # the demo packs
+    listed = {skill["path"]: skill for skill in answer["skills"]}
+    assert set(listed) == {str(manifest.parent) for manifest in shipped}
+    for manifest in shipped:
+        written = json.loads(manifest.read_text())
+        assert {key: listed[str(manifest.parent)][key] for key in written} == written
 
 
 def test_a_run_streams_progress_then_a_result_describing_the_written_outputs(session, ct_path, tmp_path):
@@ -159,10 +173,11 @@ def test_a_run_streams_progress_then_a_result_describing_the_written_outputs(ses
     assert record["outputs"][-1] == "result.json"
     assert all((out / name).is_file() for name in record["outputs"])
     assert json.loads((out / "result.json").read_text())["outputs"] == record["outputs"]
-    cube_ml = 5**3 * np.prod(SPACING_MM) / 1000.0
-    assert record["segmentation"]["volumes_ml"] == pytest.approx({"GTVp": cube_ml, "GTVn": 0.0})
-    assert record["prognosis"]["risk_group"] == "low"
-    assert record["prognosis"]["survival_probability"] == {"1y": 0.9, "2y": 0.8}
+    assert record["segmentation"]["volumes_ml"] == pytest.approx({"GTVp": GTVP_ML, "GTVn": GTVN_ML})
+    assert record["prognosis"]["risk_group"] == fake.PROGNOSIS.risk_group
+    expected = {f"{years}y": p for years, p in fake.PROGNOSIS.survival_at_years.items()}
+    assert record["prognosis"]["survival_probability"] == expected
+    assert record["warnings"] == []  # the list is always there, for the Slicer panel to show
 
 
 def test_the_engine_is_built_once_and_kept_warm_between_runs(session, built, ct_path, tmp_path):
@@ -259,7 +274,7 @@ class WorkerProcess:
 
     def __init__(self):
         python_path = os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, ENGINE_ENV: "test_worker_fake_engine:FakeEngine", "PYTHONPATH": python_path}
+        env = {**os.environ, ENGINE_ENV: "fake_engine:FakeEngine", "PYTHONPATH": python_path}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mafm3.worker"],
             stdin=subprocess.PIPE,
@@ -303,7 +318,11 @@ def test_the_worker_process_writes_only_protocol_lines_on_stdout_and_exits_after
 
     ready = worker.ask({"id": "h", "op": "hello"})
     result = worker.ask(
-        {"id": "r", "op": "run", "params": {"ct": str(ct_path), "out": str(tmp_path / "out")}}
+        {
+            "id": "r",
+            "op": "run",
+            "params": {"ct": str(ct_path), "out": str(tmp_path / "out"), "skills": SKILLS},
+        }
     )
     bye = worker.ask({"id": "bye", "op": "shutdown"})
     returncode, stderr = worker.finish()

@@ -9,7 +9,7 @@ JSON fields (all optional; unknown keys are refused so a typo is not silently ig
 | field | type | meaning |
 |---|---|---|
 | `age` | number | years at diagnosis |
-| `sex` | "M" / "F" | |
+| `sex` | "M" / "F" | also "male" / "female" |
 | `weight` | number | kg |
 | `tobacco` | bool | current or former smoker |
 | `alcohol` | bool | alcohol consumption |
@@ -17,20 +17,37 @@ JSON fields (all optional; unknown keys are refused so a typo is not silently ig
 | `hpv` | bool | HPV (p16) positive |
 | `surgery` | bool | surgery performed |
 | `chemotherapy` | bool | chemotherapy given |
-| `t_stage` | str | "T1".."T4b" (also "Tx", "Tis") |
-| `n_stage` | str | "N0".."N3b" |
-| `m_stage` | str | "M0" / "M1" |
+| `t_stage` | str | AJCC 8 head & neck: Tx, T0, Tis, T1 (T1a, T1b), T2, T3, T4 (T4a, T4b) |
+| `n_stage` | str | Nx, N0, N1, N2 (N2a, N2b, N2c), N3 (N3a, N3b) |
+| `m_stage` | str | Mx, M0, M1 |
+
+Stages may omit their letter ("4a" is T4a for `t_stage`). A value outside these vocabularies is refused, one
+sentence per bad field, rather than mapped to something else. The file is UTF-8 (a byte-order mark is
+accepted) or UTF-16 with its byte-order mark.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from mafm3.errors import MAFM3Error
 
 _BOOL_FIELDS = ("tobacco", "alcohol", "hpv", "surgery", "chemotherapy")
+_STAGE_VOCABULARIES = {  # AJCC 8th edition, head & neck (upper case, letter included)
+    "t_stage": re.compile(r"T(X|0|IS|1[AB]?|2|3|4[AB]?)"),
+    "n_stage": re.compile(r"N(X|0|1|2[ABC]?|3[AB]?)"),
+    "m_stage": re.compile(r"M(X|0|1)"),
+}
+_STAGES_SHOWN = {
+    "t_stage": "Tx, T0, Tis, T1-T4, T1a, T1b, T4a, T4b",
+    "n_stage": "Nx, N0-N3, N2a-c, N3a-b",
+    "m_stage": "Mx, M0, M1",
+}
+_SEXES = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
 
 
 @dataclass(frozen=True)
@@ -61,18 +78,30 @@ class ClinicalRecord:
                 f"Unknown clinical field(s) {', '.join(unknown)}: use only {', '.join(sorted(known))}."
             )
         clean: dict = {}
+        problems = []
         for name, value in values.items():
             if value is None or (isinstance(value, str) and value.strip() == ""):
                 continue
-            clean[name] = _normalise(name, value)
+            try:
+                clean[name] = _normalise(name, value)
+            except MAFM3Error as error:
+                problems.append(str(error))
+        if problems:
+            raise MAFM3Error(" ".join(problems))  # one sentence per bad field
         return cls(**clean)
 
     @classmethod
     def from_json(cls, path: str | Path) -> ClinicalRecord:
         try:
-            values = json.loads(Path(path).read_text())
+            values = json.loads(_decoded(Path(path)))
         except OSError as error:
             message = f"Cannot read the clinical file {path} ({error.strerror}): check the path."
+            raise MAFM3Error(message) from error
+        except UnicodeDecodeError as error:
+            message = (
+                f"The clinical file {path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at "
+                f"position {error.start}): save it as UTF-8."
+            )
             raise MAFM3Error(message) from error
         except json.JSONDecodeError as error:
             message = f"The clinical file {path} is not valid JSON (line {error.lineno}): fix it."
@@ -80,6 +109,14 @@ class ClinicalRecord:
         if not isinstance(values, dict):
             raise MAFM3Error(f"The clinical file {path} must hold one JSON object of field: value pairs.")
         return cls.from_dict(values)
+
+
+def _decoded(path: Path) -> str:
+    """The file's text: UTF-8 with or without a byte-order mark, or UTF-16 with one."""
+    raw = path.read_bytes()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    return raw.decode("utf-8-sig")
 
 
 def _normalise(name: str, value):
@@ -107,12 +144,16 @@ def _normalise(name: str, value):
             raise MAFM3Error(f"Clinical field `performance_status` must be between 0 and 4, got {value}.")
         return int(value)
     if name == "sex":
-        sex = str(value).strip().upper()[:1]
-        if sex not in ("M", "F"):
-            raise MAFM3Error(f"Clinical field `sex` must be 'M' or 'F', got {value!r}.")
+        sex = _SEXES.get(str(value).strip().upper())
+        if sex is None:
+            raise MAFM3Error(f"Clinical field `sex` must be 'M' or 'F' (or male / female), got {value!r}.")
         return sex
-    stage = str(value).strip()
+    stage = str(value).strip().upper()
     prefix = {"t_stage": "T", "n_stage": "N", "m_stage": "M"}[name]
-    if not stage.upper().startswith(prefix):
+    if not stage.startswith(prefix):
         stage = prefix + stage
-    return stage[0].upper() + stage[1:].lower()
+    if not _STAGE_VOCABULARIES[name].fullmatch(stage):
+        raise MAFM3Error(
+            f"Clinical field `{name}` must be an AJCC stage ({_STAGES_SHOWN[name]}), got {value!r}."
+        )
+    return stage[0] + stage[1:].lower()

@@ -67,6 +67,17 @@ def preferred_device(torch_info: dict) -> str:
     return "cpu"
 
 
+def auto_precision(torch_info: dict) -> str | None:
+    """What `--precision auto` runs on the device `--device auto` picks ("bf16", "fp16" or "fp32"), honouring
+    MAFM3_CPU_BF16; None without torch."""
+    if not torch_info.get("installed"):
+        return None
+    from mafm3.engine.device import autocast_dtype, resolve_device
+
+    dtype = autocast_dtype(resolve_device("auto"), "auto")
+    return {None: "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}[dtype and str(dtype)]
+
+
 def gpu_hints(torch_info: dict) -> list[str]:
     """Plain-language advice when a GPU is present but torch cannot use it."""
     hints = []
@@ -96,6 +107,7 @@ def doctor_report() -> dict:
         "platform": platform.platform(),
         "torch": torch_info,
         "device": preferred_device(torch_info),
+        "precision": auto_precision(torch_info),
         "libraries": {name: _package_version(name) for name in LIBRARIES},
         "home": {"path": str(home_dir()), "from_env": "MAFM3_HOME" in os.environ},
         "skills_dir": str(skills_dir()),

@@ -5,14 +5,10 @@ Segment definitions travel with the skill manifest (`outputs`), so writers never
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 import SimpleITK as sitk
-
-if TYPE_CHECKING:
-    from mafm3.imaging.measurements import SegmentMeasurements
 
 
 @dataclass(frozen=True)
@@ -84,6 +80,37 @@ GTVN = SegmentSpec(
     description="nodal gross tumour volume (metastatic lymph nodes)",
 )
 HEAD_NECK_TUMOUR_SEGMENTS = (GTVP, GTVN)
+
+
+@dataclass
+class LesionMeasurements:
+    """The numbers of one segment or one connected component (`imaging.measurements` defines them)."""
+
+    volume_ml: float
+    hu_mean: float | None
+    suv_max: float | None = None
+    suv_mean: float | None = None
+    suv_peak: float | None = None
+    mtv_ml: float | None = None
+    tlg: float | None = None
+    uncertainty_percent: float | None = None
+    centroid_lps: tuple[float, float, float] | None = None
+
+    def to_dict(self) -> dict:
+        record = asdict(self)
+        if self.centroid_lps is not None:
+            record["centroid_lps"] = list(self.centroid_lps)
+        return record
+
+
+@dataclass
+class SegmentMeasurements(LesionMeasurements):
+    """A segment's numbers and those of each of its connected components (largest first)."""
+
+    components: list[LesionMeasurements] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return super().to_dict() | {"components": [component.to_dict() for component in self.components]}
 
 
 @dataclass(frozen=True)
@@ -174,7 +201,11 @@ class ClassificationResult:
 
 @dataclass
 class StudyResult:
-    """Everything one `mafm3 run` produced for one study."""
+    """Everything one `mafm3 run` produced for one study.
+
+    warnings: one sentence each: what was repaired in the inputs or looks doubtful (a PET that seems shifted
+    against its CT), for the CLI summary, result.json, the report, the worker's result and the Slicer panel.
+    """
 
     inputs: dict
     segmentation: SegmentationResult | None = None
@@ -185,3 +216,4 @@ class StudyResult:
     backbone: dict = field(default_factory=dict)
     demo: bool = False
     peak_rss_gb: float | None = None
+    warnings: list[str] = field(default_factory=list)

@@ -45,9 +45,8 @@ the engine checks it between windows and stages, and the worker's progress callb
 raising `mafm3.engine.Cancelled`.
 
 Testing hook: `MAFM3_WORKER_ENGINE=module:callable` makes the worker build its engine with that callable
-instead of `mafm3.engine.Engine`, so tests can drive the real process with a fake engine (any object with
-`available()` and `run_and_write(request, out_dir, *, overwrite, dicom_seg, rtstruct, sr, progress, cancel)`
-as the engine has them).
+instead of `mafm3.engine.Engine`, so tests can drive the real process with a fake engine (any
+`WorkerEngine`: what the worker calls of an engine).
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Protocol
 
 from mafm3 import __version__
 from mafm3.errors import MAFM3Error
@@ -81,14 +80,35 @@ OUTPUT_OPTIONS = (
 SHUTDOWN_WAIT_S = 30.0  # how long shutdown or end of input waits for a cancelled job to stop
 
 
-def default_engine_factory():
+class WorkerEngine(Protocol):
+    """What the worker calls of an engine: `mafm3.engine.Engine` is one, the tests' fake engine another."""
+
+    def available(self) -> list:
+        """The skills a run may choose from (`AvailableSkill`s), for `list_skills`."""
+
+    def run_and_write(
+        self,
+        request,
+        out_dir: str | Path,
+        *,
+        overwrite: bool = False,
+        dicom_seg: bool = False,
+        rtstruct: bool = False,
+        sr: bool = False,
+        progress: ProgressCallback,
+        cancel: threading.Event | None = None,
+    ) -> tuple:
+        """Run `request` (a `RunRequest`), write its outputs into `out_dir`: (StudyResult, written paths)."""
+
+
+def default_engine_factory() -> WorkerEngine:
     """The real engine (imported here: the engine pulls in torch)."""
     from mafm3.engine import Engine
 
     return Engine()
 
 
-def engine_factory_from_env() -> Callable[[], Any]:
+def engine_factory_from_env() -> Callable[[], WorkerEngine]:
     """The factory named by `MAFM3_WORKER_ENGINE` ("module:callable", a testing hook), else the engine's."""
     spec = os.environ.get(ENGINE_ENV)
     if not spec:
@@ -153,7 +173,7 @@ class Worker:
     engine_factory: builds the engine (at `warm_up` or the first run); it is then kept for every later run.
     """
 
-    def __init__(self, output: IO[str], engine_factory: Callable[[], Any] = default_engine_factory):
+    def __init__(self, output: IO[str], engine_factory: Callable[[], WorkerEngine] = default_engine_factory):
         self._output = output
         self._output_lock = threading.Lock()
         self._engine_factory = engine_factory
@@ -286,7 +306,7 @@ class Worker:
 
 
 def serve(
-    stdin: IO[str], stdout: IO[str], engine_factory: Callable[[], Any] = default_engine_factory
+    stdin: IO[str], stdout: IO[str], engine_factory: Callable[[], WorkerEngine] = default_engine_factory
 ) -> None:
     """Answer requests from `stdin` on `stdout` until `shutdown` or end of input."""
     worker = Worker(stdout, engine_factory)

@@ -15,11 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import SimpleITK as sitk
-
 from mafm3.config import bundled_skills_dir, skills_dir
 from mafm3.engine.runner import Engine
 from mafm3.errors import MAFM3Error
+from mafm3.imaging.io import write_image
 from mafm3.skills.registry import AvailableSkill
 
 SEGMENTATION_PRESET = "demo-seg-petct"
@@ -50,8 +49,8 @@ def write_demo_study(seed: int, size: str, folder: Path) -> StudyFiles:
     study = generate_study(seed, size)
     folder.mkdir(parents=True, exist_ok=True)
     files = StudyFiles(folder / "ct.nii.gz", folder / "pet.nii.gz", folder / "clinical.json", {})
-    sitk.WriteImage(study.ct, str(files.ct), useCompression=True)
-    sitk.WriteImage(study.pet, str(files.pet), useCompression=True)
+    write_image(study.ct, files.ct)
+    write_image(study.pet, files.pet)
     files.clinical.write_text(json.dumps(study.patient.clinical.to_dict()))
     files.record.update(
         size=size,

@@ -275,8 +275,10 @@ def ctvit_vs_reference(device: torch.device, dtype, repeats: int) -> dict:
         "precision": str(dtype).removeprefix("torch.") if dtype is not None else "fp32",
         **best_of(paths, max(repeats, MICRO_REPEATS), device),
     }
-    difference = (tokens["fused"].float() - tokens["reference"].float()).abs()
-    record["max_abs_difference"] = round(float(difference.max()), 5)
+    reference_tokens = tokens["reference"].float()
+    difference = tokens["fused"].float() - reference_tokens
+    record["max_abs_difference"] = round(float(difference.abs().max()), 5)
+    record["relative_difference"] = float(f"{float(difference.norm() / reference_tokens.norm()):.3g}")  # L2
     record["ratio"] = ratio(record["reference"]["seconds"], record["fused"]["seconds"])
     return record
 

@@ -29,9 +29,7 @@ import csv
 import io
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,18 +215,6 @@ def _remove_staging_folders(out: Path) -> None:
     for path in out.glob(".*"):
         if path.is_dir() and path.name.endswith((".partial", ".previous")):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and one rename."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with open(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def csv_text(rows: list[dict], columns: list[str]) -> str:

@@ -14,10 +14,10 @@ from mafm3.cohort import (
     STATUSES,
     SUMMARY_CSV,
     CaseOutcome,
-    atomic_write_text,
     completed_record,
     csv_text,
 )
+from mafm3.files import atomic_write_text
 from mafm3.training.datasets import Cohort
 
 

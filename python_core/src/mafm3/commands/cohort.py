@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mafm3.skills import TASKS
+from mafm3.tasks import TASKS
 
 HELP = "run skills over a whole dataset (one output folder per case, resumable, summary and metrics)"
 

@@ -26,6 +26,8 @@ def _format(report: dict) -> str:
     else:
         lines.append("torch        not installed")
     lines.append(f"device       {report['device']} (what --device auto uses)")
+    if report["precision"]:
+        lines.append(f"precision    {report['precision']} (what --precision auto uses there)")
     for name, installed in report["libraries"].items():
         lines.append(f"{name:<12} {installed or 'not installed'}")
     source = "MAFM3_HOME" if report["home"]["from_env"] else "default; set MAFM3_HOME to move it"

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skill",
         required=True,
         metavar="PACK",
-        help="pack folder or zip, installed skill id, or baseline folder",
+        help="pack folder or zip, installed or shipped skill id, or baseline folder",
     )
     parser.add_argument(
         "--fold", type=int, metavar="K", help="only the test cases of fold K of the pack's recorded split"
@@ -77,6 +77,10 @@ def _lines(summary: dict, out: Path) -> str:
             f"Uno's C {metrics['uno_c']:.3f}, mean td-AUC {metrics['time_dependent_auc']['mean']:.3f}, "
             f"IBS {brier:.3f}"
         )
+    skipped = summary.get("skipped_cases") or []
+    if skipped:
+        listed = ", ".join(f"{case['case_id']} ({case['reason']})" for case in skipped)
+        lines.append(f"skipped {len(skipped)} case(s): {listed}")
     if summary.get("n_cases_seen_in_training"):
         lines.append(f"note: {summary['n_cases_seen_in_training']} of these cases were used in training")
     lines.append(f"metrics: {out} and {out.with_name(out.stem + '_per_case.csv')}")

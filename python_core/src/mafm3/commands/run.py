@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
-from mafm3.skills import TASKS
+from mafm3.tasks import TASKS
 
 HELP = "run skills on one study (CT, optional PET and clinical data) and write the results"
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ct", required=True, help="CT: DICOM folder, NIfTI, NRRD or MHA")
     parser.add_argument("--pet", help="PET (converted to SUV); a PT series beside a DICOM CT is found")
+    parser.add_argument(
+        "--ct-series", metavar="UID", help="SeriesInstanceUID of the CT when the DICOM folder holds several"
+    )
+    parser.add_argument(
+        "--pet-series", metavar="UID", help="SeriesInstanceUID of the PET when the DICOM folder holds several"
+    )
     parser.add_argument("--clinical", help="clinical record as JSON (fields in mafm3.clinical)")
     parser.add_argument("--skill", nargs="+", default=[], metavar="ID", help="run these skills by id")
     parser.add_argument(
@@ -34,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1)")
-    parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward pass")
+    parser.add_argument(
+        "--sw-batch-size", type=positive_int, default=4, help="windows per forward pass (at least 1)"
+    )
     parser.add_argument("--pet-units", default="auto", choices=["auto", "suv", "bqml"], help="PET units")
     parser.add_argument("--pet-suv-scale", type=float, help="multiply the PET by this to get SUV")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -56,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         pet_scale=args.pet_suv_scale,
         device=args.device,
         precision=args.precision,
+        ct_series_uid=args.ct_series,
+        pet_series_uid=args.pet_series,
     )
     progress = TerminalProgress(enabled=not args.quiet)
     try:
@@ -72,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
     if not args.quiet:
         print(summary(result, files))
+    else:
+        for warning in result.warnings:  # a warning is never silenced
+            print(f"mafm3 run: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -96,6 +121,7 @@ def summary(result, files) -> str:
         top = sorted(result.classification.probabilities.items(), key=lambda item: -item[1])[:3]
         lines.append("classification: " + ", ".join(f"{label} {p:.0%}" for label, p in top))
     lines.append(f"device {result.device}, {result.timings_s.get('total', 0):.1f} s")
+    lines += [f"WARNING: {warning}" for warning in result.warnings]
     report = [f for f in files if f.name == "report.html"]
     if report:
         lines.append(f"report: {report[0]}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 HELP = "list, describe, install (offline, checksum verified) or remove skill packs"
 
@@ -17,19 +16,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--json", action="store_true", help="print the manifests as JSON")
     info = actions.add_parser(
         "info",
-        help="describe a pack (folder, zip or installed id) or a preset",
+        help="describe a pack (folder, zip, installed or shipped id) or a preset",
         description="Describe a skill pack, an installed skill or a preset (with its trainable parameters).",
     )
     which = info.add_mutually_exclusive_group(required=True)
-    which.add_argument("pack", nargs="?", help="pack folder or .zip, or the id of an installed skill")
+    which.add_argument("pack", nargs="?", help="pack folder or .zip, or an installed or shipped skill id")
     which.add_argument("--preset", help="a built-in preset name, e.g. hecktor-seg-ct")
     info.add_argument("--json", action="store_true", help="print as JSON")
     install = actions.add_parser(
         "install",
-        help="install a pack folder or zip into <MAFM3_HOME>/skills",
+        help="install a pack folder or zip into <MAFM3_HOME>/skills (a shipped pack is already available)",
         description="Install a skill pack offline; its weights' sha256 and its backbone are checked first.",
     )
-    install.add_argument("pack", type=Path, help="pack folder or .zip")
+    install.add_argument("pack", help="pack folder or .zip, or the id of a shipped skill")
     remove = actions.add_parser(
         "remove", help="remove an installed skill", description="Remove an installed skill."
     )
@@ -96,19 +95,9 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _pack_report(pack: str) -> dict:
-    from mafm3.errors import MAFM3Error
-    from mafm3.skills.manifest import SkillManifest
-    from mafm3.skills.packs import installed_pack_folders, opened_pack, verify_pack
-    from mafm3.skills.registry import version_key
+    from mafm3.skills.packs import opened_pack, resolve_pack, verify_pack
 
-    path = Path(pack)
-    if not path.exists():
-        folders = installed_pack_folders(pack)
-        if not folders:
-            raise MAFM3Error(
-                f"{pack} is neither a pack folder or zip nor an installed skill id; check the name."
-            )
-        path = max(folders, key=lambda folder: version_key(SkillManifest.read(folder).version))
+    path = resolve_pack(pack)
     with opened_pack(path) as folder:
         manifest = verify_pack(folder)
     return {**manifest.to_dict(), "path": str(path)}
@@ -140,10 +129,13 @@ def _print_report(report: dict) -> None:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from mafm3.skills.packs import install_pack
+    from mafm3.skills.packs import install_pack, is_shipped_folder, resolve_pack
 
-    manifest, target = install_pack(args.pack)
-    print(f"installed {manifest.id} {manifest.version} ({manifest.task}) in {target}")
+    manifest, target = install_pack(resolve_pack(args.pack))
+    if is_shipped_folder(target):
+        print(f"{manifest.id} {manifest.version} is shipped with mafm3 and already available ({target})")
+    else:
+        print(f"installed {manifest.id} {manifest.version} ({manifest.task}) in {target}")
     return 0
 
 

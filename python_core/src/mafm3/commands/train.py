@@ -10,11 +10,13 @@ import argparse
 import os
 from pathlib import Path
 
+from mafm3.tasks import TRAINABLE_TASKS
+
 HELP = "train a segmentation or prognosis skill (or the UNETR baseline) on a dataset into a new skill pack"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=["segmentation", "prognosis"], help="what the skill does")
+    parser.add_argument("task", choices=TRAINABLE_TASKS, help="what the skill does")
     parser.add_argument(
         "--dataset",
         required=True,

@@ -12,13 +12,12 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import SimpleITK as sitk
-
 from mafm3.demo.constants import DEMO_NOTICE
 from mafm3.demo.dicom import write_ct_series, write_pet_series
 from mafm3.demo.patients import LOG_HAZARD_COEFFICIENTS, WEIBULL_SHAPE, Patient, case_seed
 from mafm3.demo.study import SyntheticStudy, generate_study
 from mafm3.errors import MAFM3Error
+from mafm3.imaging.io import write_image
 from mafm3.progress import ProgressCallback, silent_progress
 
 COHORT_LAYOUT = """\
@@ -94,7 +93,7 @@ def _readme(title: str, body: str) -> str:
 
 def _write_images(study: SyntheticStudy, ct: Path, pet: Path, label: Path) -> None:
     for image, path in ((study.ct, ct), (study.pet, pet), (study.labels, label)):
-        sitk.WriteImage(image, str(path), useCompression=True)
+        write_image(image, path)
 
 
 def _clinical_json(patient: Patient) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -10,6 +11,9 @@ from mafm3.errors import MAFM3Error
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# "1" makes the policy treat the CPU as computing bf16 natively (torch emulates bf16 where it does not,
+# slowly), "0" as not: both CPU paths of "auto" can be tested on any machine (`make test` runs both).
+CPU_BF16_ENV = "MAFM3_CPU_BF16"
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -41,7 +45,15 @@ def resolve_device(requested: str = "auto") -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX); emulated bf16 is slower than fp32."""
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX); emulated bf16 is slower than fp32.
+
+    MAFM3_CPU_BF16=1 or 0 overrides what /proc/cpuinfo says.
+    """
+    forced = os.environ.get(CPU_BF16_ENV, "")
+    if forced:
+        if forced not in ("0", "1"):
+            raise MAFM3Error(f"{CPU_BF16_ENV} must be 1 or 0, got {forced!r}; unset it to detect the CPU.")
+        return forced == "1"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -5,6 +5,7 @@
 | `no-lesion` | no voxel of any segment was found |
 | `roi-border` | a segment reaches the edge of the region the model analysed (ROI box or the CT's own edge) |
 | `nodes-vs-n-stage` | nodes were segmented while the clinical record says N0, or none while it says N1-N3 |
+| `pet-ct-misregistered` | the input check (`imaging.validation.registration_check`) found PET and CT apart |
 """
 
 from __future__ import annotations
@@ -41,9 +42,23 @@ def labels_on_box_edge(labels: sitk.Image, box: Grid) -> set[int]:
     return touching
 
 
-def qc_flags(segmentation: SegmentationResult, box: Grid, clinical: ClinicalRecord | None) -> list[QCFlag]:
-    """The flags of a segmentation result with its measurements (see the module table)."""
+def qc_flags(
+    segmentation: SegmentationResult,
+    box: Grid,
+    clinical: ClinicalRecord | None,
+    registration: dict | None = None,
+) -> list[QCFlag]:
+    """The flags of a segmentation result with its measurements (see the module table); `registration` is
+    the study's `checks["pet_ct_registration"]` record, None without a PET."""
     flags = []
+    if registration is not None and registration.get("misregistered"):
+        flags.append(
+            QCFlag(
+                "pet-ct-misregistered",
+                "PET and CT look misregistered (see the warnings): check the registration before trusting "
+                "the PET-guided contours and the SUV numbers.",
+            )
+        )
     present = {spec.name: spec for spec in segmentation.segments if segmentation.measurements.get(spec.label)}
     if not present:
         flags.append(

@@ -1,6 +1,6 @@
 """The engine: one study in, a `StudyResult` out, with backbones and skills kept warm between studies.
 
-Flow (DESIGN.md): read the study -> choose the skills (registry) -> for each distinct preprocessing, prepare
+Flow: read the study -> choose the skills (registry) -> for each distinct preprocessing, prepare
 the input once -> activate each skill on its shared backbone (no reload) -> infer -> labels back onto the CT's
 own grid, prognosis and classification read out -> `StudyResult`; `run_and_write` adds the writers.
 """
@@ -36,11 +36,11 @@ from mafm3.imaging.preprocess import (
 from mafm3.imaging.study import Study, load_study
 from mafm3.progress import ProgressCallback, silent_progress
 from mafm3.results import ClassificationResult, PrognosisResult, SegmentationResult, StudyResult
-from mafm3.skills import TASKS
 from mafm3.skills.manifest import PostprocessingConfig
 from mafm3.skills.packs import LoadedSkill, load_skill
 from mafm3.skills.registry import AvailableSkill, choose_skill, installed_and_shipped_skills
 from mafm3.skills.text_side import load_clip_text, load_text_encoder
+from mafm3.tasks import TASKS
 
 
 @dataclass
@@ -50,6 +50,8 @@ class RunRequest:
     skills: explicit skill ids (each runs its own task); empty -> one skill per task in `tasks`, chosen from
     the images at hand (the PET/CT skill when a PET is given, else the CT skill).
     overlap: sliding-window overlap in [0, 1); None takes the skill's own.
+    sw_batch_size: windows per forward pass, at least 1.
+    ct_series_uid / pet_series_uid: which DICOM series to read when a folder holds several.
     """
 
     ct: str
@@ -63,6 +65,18 @@ class RunRequest:
     pet_scale: float | None = None
     device: str | None = None
     precision: str = "auto"
+    ct_series_uid: str | None = None
+    pet_series_uid: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sw_batch_size, bool) or not isinstance(self.sw_batch_size, int):
+            raise MAFM3Error(
+                f"The sliding-window batch size must be a whole number, got {self.sw_batch_size!r}."
+            )
+        if self.sw_batch_size < 1:
+            raise MAFM3Error(
+                f"The sliding-window batch size must be at least 1 window per pass, got {self.sw_batch_size}."
+            )
 
 
 class Engine:
@@ -147,6 +161,8 @@ class Engine:
             request.clinical,
             pet_units=request.pet_units,
             pet_scale=request.pet_scale,
+            ct_series_uid=request.ct_series_uid,
+            pet_series_uid=request.pet_series_uid,
             progress=progress,
         )
 
@@ -173,7 +189,9 @@ class Engine:
             study = clock.timed("read", self.load, request, progress)
         modalities = {"CT"} | ({"PET"} if study.pet is not None else set())
         chosen = self.choose(request, modalities)
-        result = StudyResult(inputs=_inputs_record(request, study), device=_device_name(device))
+        result = StudyResult(
+            inputs=_inputs_record(request, study), device=_device_name(device), warnings=list(study.warnings)
+        )
         prepared_by_config: dict[PreprocessingConfig, PreparedInput] = {}
         for number, available in enumerate(chosen):
             checkpoint()
@@ -258,6 +276,14 @@ class Engine:
         result, study = self.run(request, progress, cancel)
         if cancel is not None and cancel.is_set():
             raise Cancelled
+        requested = (("--dicom-seg", dicom_seg), ("--rtstruct", rtstruct), ("--sr", sr))
+        dicom_outputs = [flag for flag, wanted in requested if wanted]
+        if dicom_outputs and study.sources.get("ct", {}).get("geometry", {}).get("regularised"):
+            raise MAFM3Error(
+                "A DICOM SEG, RTSTRUCT or SR must lie on the CT's own slices, but this CT series was "
+                f"resampled onto a regular grid (see the warnings); drop {' and '.join(dicom_outputs)} and "
+                "use the .seg.nrrd or labels file."
+            )
         progress("write", 0.0, f"writing {out_dir}")
         started = time.perf_counter()
         ct_files = study.sources.get("ct", {}).get("files") if dicom_seg or rtstruct or sr else None
@@ -310,7 +336,7 @@ def segmentation_on_ct(
         postprocessing=config.to_dict(),
         removed=[component.to_dict() for component in removed],
     )
-    result.qc_flags = qc_flags(result, prepared.grid, study.clinical)
+    result.qc_flags = qc_flags(result, prepared.grid, study.clinical, study.checks.get("pet_ct_registration"))
     return result
 
 
@@ -330,6 +356,7 @@ def _inputs_record(request: RunRequest, study: Study) -> dict:
         "ct": _image_record(study.ct),
         "pet": _image_record(study.pet) if study.pet is not None else None,
         "clinical": study.clinical.to_dict() if study.clinical is not None else None,
+        "checks": study.checks,
         "mafm3": __version__,
     }
 

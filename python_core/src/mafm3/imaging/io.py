@@ -10,8 +10,11 @@ image, `read_image` returns a *source* dict (JSON-serialisable) describing where
 | `modality` | DICOM Modality (0008,0060), e.g. "CT" or "PT"; `None` for non-DICOM files |
 | `series_instance_uid`, `study_instance_uid` | DICOM only |
 | `series_description` | DICOM only ("" when absent) |
-| `files` | DICOM only: the series' files in slice order (slice k of the image is `files[k]`) |
+| `frame_of_reference_uid` | DICOM only ("" when absent) |
+| `files` | DICOM only: the series' files along the slice normal, duplicates removed (slice k is `files[k]`) |
 | `note` | DICOM only: which series was chosen among the candidates, and why |
+| `geometry` | DICOM only, when the slice positions were not a regular stack (`imaging.series`) |
+| `warnings` | when something was repaired: one sentence each |
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.misc import is_dicom
 
 from mafm3.errors import MAFM3Error
+from mafm3.imaging.series import SeriesGeometry, check_series_geometry, regularise
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +56,33 @@ class DicomSeries:
     modality: str
     series_description: str
     files: tuple[str, ...]
+    frame_of_reference_uid: str = ""
 
-    def source(self, path: str | Path, note: str) -> dict:
+    def shares_study_with(self, other: DicomSeries) -> bool:
+        """Same StudyInstanceUID or same FrameOfReferenceUID (PET and CT of one PET/CT acquisition)."""
+        return bool(
+            (self.study_instance_uid and self.study_instance_uid == other.study_instance_uid)
+            or (self.frame_of_reference_uid and self.frame_of_reference_uid == other.frame_of_reference_uid)
+        )
+
+    def source(self, path: str | Path, note: str, geometry: SeriesGeometry | None = None) -> dict:
         """The source dict of this series found under `path` (see the module docstring)."""
-        return {
+        source = {
             "path": str(path),
             "format": "dicom",
             "modality": self.modality,
             "series_instance_uid": self.series_instance_uid,
             "study_instance_uid": self.study_instance_uid,
+            "frame_of_reference_uid": self.frame_of_reference_uid,
             "series_description": self.series_description,
-            "files": list(self.files),
+            "files": list(self.files if geometry is None else geometry.files),
             "note": note,
         }
+        if geometry is not None and geometry.record:
+            source["geometry"] = geometry.record
+        if geometry is not None and geometry.warnings:
+            source["warnings"] = list(geometry.warnings)
+        return source
 
 
 NIFTI1_SIZEOF_HDR = 348
@@ -99,60 +118,98 @@ def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
                 modality=str(header.get("Modality", "")).upper(),
                 series_description=str(header.get("SeriesDescription", "")),
                 files=tuple(files),
+                frame_of_reference_uid=str(header.get("FrameOfReferenceUID", "")),
             )
         )
     return sorted(found, key=lambda series: -len(series.files))
 
 
 def choose_series(
-    series: list[DicomSeries], modality: str, series_uid: str | None = None, where: str = "the folder"
-) -> tuple[DicomSeries, str]:
-    """The series with `series_uid`, else the largest series of `modality`; returns it and a note why.
+    series: list[DicomSeries],
+    modality: str,
+    series_uid: str | None = None,
+    where: str = "the folder",
+    partners: list[DicomSeries] = (),
+) -> tuple[DicomSeries, str, str | None]:
+    """The series with `series_uid`, else the largest series of `modality`; returns it, a note why, and a
+    warning (one sentence) when it was chosen among several without a SeriesInstanceUID.
 
-    Raises `MAFM3Error` when the requested series or modality is not there.
+    partners: series the chosen one should belong with (the PET of a PET/CT): among several series of
+    `modality`, those sharing a study or frame of reference with a partner come first.
+    Raises `MAFM3Error` when the requested series or modality is not there, or the series with `series_uid`
+    is of another modality.
     """
+    option = "--ct-series" if modality == "CT" else "--pet-series"
     if series_uid is not None:
         for candidate in series:
             if candidate.series_instance_uid == series_uid:
-                return candidate, f"series {series_uid} chosen by its SeriesInstanceUID"
+                _check_modality(candidate, modality, where)
+                return candidate, f"series {series_uid} chosen by its SeriesInstanceUID", None
         raise MAFM3Error(
-            f"{where} holds no DICOM series with SeriesInstanceUID {series_uid}: "
-            f"pick one of {', '.join(s.series_instance_uid for s in series) or 'none found'}."
+            f"{where} holds no DICOM series with SeriesInstanceUID {series_uid}: pass one of "
+            f"{', '.join(s.series_instance_uid for s in series) or 'none found'} with {option}."
         )
     candidates = [candidate for candidate in series if candidate.modality == modality]
     if not candidates:
         present = ", ".join(sorted({s.modality or "unknown" for s in series}))
         raise MAFM3Error(
             f"{where} holds no {modality} series (found: {present}); "
-            f"give a folder with a {modality} series or pass its SeriesInstanceUID."
+            f"give a folder with a {modality} series or pass its SeriesInstanceUID with {option}."
         )
-    chosen = candidates[0]
+    with_partner = [c for c in candidates if any(c.shares_study_with(p) for p in partners)]
+    pool = with_partner or candidates
+    chosen = pool[0]
     if len(candidates) == 1:
-        return chosen, f"the only {modality} series"
-    note = (
-        f"the largest of {len(candidates)} {modality} series ({len(chosen.files)} slices); "
-        f"pass a SeriesInstanceUID to choose another"
+        return chosen, f"the only {modality} series", None
+    of_study = " of the PET's study" if with_partner else ""
+    if len(pool) == 1:
+        note = f"the {modality} series{of_study} ({len(chosen.files)} slices)"
+    else:
+        note = f"the largest of {len(pool)} {modality} series{of_study} ({len(chosen.files)} slices)"
+    warning = (
+        f"{where} holds {len(candidates)} {modality} series; {note}, {chosen.series_instance_uid}, was used: "
+        f"choose another with {option} UID."
     )
-    log.warning("%s: chose %s series %s, %s", where, modality, chosen.series_instance_uid, note)
-    return chosen, note
+    return chosen, note, warning
 
 
-def read_dicom_series(series: DicomSeries) -> sitk.Image:
+def _check_modality(series: DicomSeries, modality: str, where: str) -> None:
+    if series.modality != modality:
+        wanted = {"CT": "a CT", "PT": "a PET (PT)"}.get(modality, modality)
+        raise MAFM3Error(
+            f"The DICOM series {series.series_instance_uid} in {where} is "
+            f"{series.modality or 'of unknown modality'}, not {wanted}: give {wanted} series."
+        )
+
+
+def read_dicom_series(series: DicomSeries) -> tuple[sitk.Image, SeriesGeometry]:
     """A DICOM series as a float32 image in physical units (HU for CT, the stored units for PET).
 
+    The slices are stacked by their positions along the slice normal (`imaging.series`): duplicates
+    dropped, an irregular stack resampled onto a regular grid; the geometry says what was found and done.
     Float32 output matters: GDCM applies each slice's own RescaleSlope/Intercept, and PET series often carry
     a different slope per slice; an integer output type (taken from the first slice) would truncate them.
     """
+    name = {"CT": "The CT series", "PT": "The PET series"}.get(series.modality, "The DICOM series")
+    geometry = check_series_geometry(list(series.files), name)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(series.files))
+    reader.SetFileNames(geometry.files)
     reader.SetOutputPixelType(sitk.sitkFloat32)
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    if not geometry.regular:  # ITK warns of the uneven sampling on stderr; it is handled below
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as error:
         raise MAFM3Error(
             f"The DICOM series {series.series_instance_uid} cannot be read ({_short_reason(error)}): "
             f"check that its files are complete image slices."
         ) from error
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    if not geometry.regular:
+        image = regularise(image, geometry)
+    return image, geometry
 
 
 def read_image(
@@ -188,7 +245,40 @@ def read_image(
         ) from error
     if path.name.lower().endswith(".nii.gz"):
         _check_gzip_complete(path, image)
+    if file_format == "nifti":
+        image = _with_stored_non_finite(path, image)
     return image, {"path": str(path), "format": file_format, "modality": None}
+
+
+NIFTI_FLOAT_TYPES = {16: np.dtype("<f4"), 64: np.dtype("<f8")}  # NIfTI-1 datatype codes
+
+
+def _with_stored_non_finite(path: Path, image: sitk.Image) -> sitk.Image:
+    """`image` with NaN again where the NIfTI file stores NaN or infinity.
+
+    ITK's NIfTI reader turns NaN and infinite voxels into 0 without a word, which in a CT is water and in a
+    PET is "no uptake"; the study checks (`validation.replace_non_finite`) then cannot see them. So for float
+    files the stored voxels are read once more with numpy (same x-fastest order as SimpleITK's array) and the
+    non-finite ones are marked NaN, to be counted and refused or repaired there.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        header = stream.read(NIFTI1_HEADER_BYTES)
+        if int.from_bytes(header[:4], "little") != NIFTI1_SIZEOF_HDR:
+            return image  # big-endian or NIfTI-2 headers: left to SimpleITK
+        dtype = NIFTI_FLOAT_TYPES.get(struct.unpack("<h", header[70:72])[0])
+        if dtype is None or image.GetNumberOfComponentsPerPixel() != 1:
+            return image  # integer voxels cannot hold NaN
+        stream.seek(int(struct.unpack("<f", header[108:112])[0]))
+        stored = np.frombuffer(stream.read(image.GetNumberOfPixels() * dtype.itemsize), dtype)
+    bad = ~np.isfinite(stored)
+    if not bad.any():
+        return image
+    values = sitk.GetArrayFromImage(image)
+    values.reshape(-1)[bad] = np.nan
+    marked = sitk.GetImageFromArray(values)
+    marked.CopyInformation(image)
+    return marked
 
 
 def _check_gzip_complete(path: Path, image: sitk.Image) -> None:
@@ -240,11 +330,33 @@ def write_dicom_file(dataset: pydicom.Dataset, path: str | Path) -> Path:
 
 
 def _read_dicom_folder(folder: Path, modality: str, series_uid: str | None) -> tuple[sitk.Image, dict]:
+    chosen, note, warning = choose_series(dicom_series_in(folder), modality, series_uid, where=str(folder))
+    return read_series(chosen, folder, note, warning)
+
+
+def dicom_series_in(folder: Path) -> list[DicomSeries]:
+    """`list_dicom_series`, refusing a folder without any."""
     series = list_dicom_series(folder)
     if not series:
         raise MAFM3Error(f"{folder} holds no readable DICOM image series: give {SUPPORTED}.")
-    chosen, note = choose_series(series, modality, series_uid, where=str(folder))
-    return read_dicom_series(chosen), chosen.source(folder, note)
+    return series
+
+
+def read_series(
+    series: DicomSeries, folder: str | Path, note: str, warning: str | None = None
+) -> tuple[sitk.Image, dict]:
+    """`read_dicom_series` and its source dict (with the geometry record and warnings, when any); `warning`
+    (how the series was chosen) goes first among the warnings."""
+    image, geometry = read_dicom_series(series)
+    source = series.source(folder, note, geometry)
+    if warning is not None:
+        source["warnings"] = [warning, *source.get("warnings", [])]
+    return image, source
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether `path` is named as a NIfTI, NRRD or MetaImage file."""
+    return _file_format(path) is not None
 
 
 def _file_format(path: Path) -> str | None:

@@ -24,48 +24,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import signal
 
 from mafm3.imaging.resample import resample_onto
+from mafm3.results import LesionMeasurements, SegmentMeasurements
 
 PEAK_SPHERE_ML = 1.0
 PEAK_SPHERE_RADIUS_MM = (3 * PEAK_SPHERE_ML * 1000 / (4 * math.pi)) ** (1 / 3)  # 6.2035 mm
 MM3_PER_ML = 1000.0
-
-
-@dataclass
-class LesionMeasurements:
-    """The numbers of one segment or one connected component (see the module docstring for definitions)."""
-
-    volume_ml: float
-    hu_mean: float | None
-    suv_max: float | None = None
-    suv_mean: float | None = None
-    suv_peak: float | None = None
-    mtv_ml: float | None = None
-    tlg: float | None = None
-    uncertainty_percent: float | None = None
-    centroid_lps: tuple[float, float, float] | None = None
-
-    def to_dict(self) -> dict:
-        record = asdict(self)
-        if self.centroid_lps is not None:
-            record["centroid_lps"] = list(self.centroid_lps)
-        return record
-
-
-@dataclass
-class SegmentMeasurements(LesionMeasurements):
-    """A segment's numbers and those of each of its connected components (largest first)."""
-
-    components: list[LesionMeasurements] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return super().to_dict() | {"components": [component.to_dict() for component in self.components]}
 
 
 def peak_sphere_offsets(spacing_mm: tuple[float, float, float]) -> np.ndarray:

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
+OBLIQUE_TOLERANCE = 1e-3  # direction cosines this close to a signed permutation count as axis-aligned
+INTERPOLATORS = {
+    "linear": sitk.sitkLinear,
+    "nearest": sitk.sitkNearestNeighbor,
+    "bspline": sitk.sitkBSpline,
+    "label": sitk.sitkLabelGaussian,  # label maps onto a rotated grid: smooth boundaries, no staircase
+}
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,30 @@ class Grid:
             tuple(float(v) for v in new_matrix.ravel()),
         )
 
+    def patient_aligned(self, orientation: str, tolerance: float = OBLIQUE_TOLERANCE) -> Grid:
+        """`oriented(orientation)` when that is axis-aligned; for an oblique grid, the grid of the same
+        spacing whose axes are the patient's (e.g. L, P, S for "LPS") and which covers its whole box.
+
+        tolerance: direction cosines within this of a signed permutation count as axis-aligned (DICOM headers
+        carry rounding; 1e-3 tilts a 500 mm field by 0.5 mm at most).
+        """
+        oriented = self.oriented(orientation)
+        stand_in = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+        target = np.asarray(sitk.DICOMOrient(stand_in, orientation).GetDirection()).reshape(3, 3)
+        if np.abs(oriented.matrix - target).max() <= tolerance:
+            return oriented
+        in_frame = self.corners() @ target  # corners in the target axes' coordinates
+        low, high = in_frame.min(axis=0), in_frame.max(axis=0)
+        spacing = np.asarray(oriented.spacing)
+        size = np.maximum(np.ceil((high - low) / spacing - 1e-6).astype(int), 1)
+        origin = target @ (low + spacing / 2)
+        return Grid(
+            tuple(int(n) for n in size),
+            tuple(float(s) for s in spacing),
+            tuple(float(v) for v in origin),
+            tuple(float(v) for v in target.ravel()),
+        )
+
     def crop(self, start_index, size) -> Grid:
         """The sub-grid of `size` voxels from `start_index` (may reach outside: a box that pads)."""
         origin = tuple(float(v) for v in self.index_to_point(start_index))
@@ -114,7 +144,8 @@ def resample_onto(
 ) -> sitk.Image:
     """`image` sampled at the voxel centres of `reference` (same pixel type as `image`).
 
-    interpolator: "linear", "nearest" (labels: exact) or "bspline" (SimpleITK only).
+    interpolator: "linear", "nearest" (labels: exact), "bspline" or "label" (label maps onto a rotated grid:
+        SimpleITK's label-Gaussian interpolation).
     default_value: the value of grid voxels outside `image` (-1024 for CT, 0 for PET and labels); a voxel is
         outside when its centre is more than half a voxel beyond the image's end voxels.
     """

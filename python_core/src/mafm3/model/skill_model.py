@@ -38,7 +38,7 @@ from mafm3.model.lora import (
 from mafm3.model.patch_embedding import PatchEmbedding
 from mafm3.model.prognosis import PrognosisConfig, PrognosisHead, clinical_report, tabular_features
 from mafm3.model.text import TextEncoder
-from mafm3.skills import TASKS
+from mafm3.tasks import TASKS
 
 LORA_PREFIX = "lora."
 

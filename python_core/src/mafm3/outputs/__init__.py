@@ -69,7 +69,8 @@ __all__ = [
 
 
 def check_output_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Refuse an `out_dir` that is a file, or a non-empty folder unless `overwrite`; call it before the work.
+    """Refuse an `out_dir` that is a file, a non-empty folder unless `overwrite`, or one that cannot be
+    created or written (its nearest existing folder is not writable); call it before the work.
 
     Raises:
         MAFM3Error: with the sentence to show the user.
@@ -82,7 +83,24 @@ def check_output_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
             f"The output folder {out_dir} is not empty; "
             "choose another folder or pass --overwrite to replace it."
         )
+    # The staging folder is made beside `out_dir`, so its parent (or the nearest folder that exists) must be
+    # writable; an existing `out_dir` is replaced by a rename, which needs the same permission.
+    existing = next(folder for folder in out_dir.absolute().parents if folder.exists())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".mafm3-write-check-", dir=existing))
+    except OSError as error:
+        raise MAFM3Error(
+            f"The output folder {out_dir} cannot be written ({existing}: {error.strerror}); "
+            "choose a writable --out folder."
+        ) from error
     return out_dir
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give `folder` the mode a plain `mkdir` would (tempfile makes it 0700, whatever the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
 
 
 def _write_all(
@@ -182,6 +200,7 @@ def write_outputs(
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+        _apply_umask(staging)
     except OSError as error:
         raise MAFM3Error(
             f"Cannot create the output folder {out_dir} ({error.strerror}); choose a writable --out folder."

@@ -4,7 +4,8 @@ prognosis.json: {skill: {id, version}, risk, risk_group, survival_curve: {times_
 survival_probability: {"1y", "2y", "3y", "5y"}, demo[, disclaimer]}.
 result.json: {mafm3_version, demo[, disclaimer], inputs, skills: [{task, id, version}], backbone, device,
 timings_s, peak_rss_gb, segmentation: {skill, segments, volumes_ml, qc_flags, postprocessing} | null,
-prognosis | null, classification: {skill, probabilities} | null, outputs: [file names in the output folder]}.
+prognosis | null, classification: {skill, probabilities} | null, warnings: [one sentence each], outputs: [file
+names in the output folder]}.
 
 Each entry of `segmentation.segments` is the segment's definition (label, name, colour, codes) with its
 measurements (`imaging.measurements`: volume_ml, hu_mean, suv_max, suv_mean, suv_peak, mtv_ml, tlg,
@@ -20,8 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mafm3 import __version__
-from mafm3.imaging.measurements import SegmentMeasurements
-from mafm3.results import PrognosisResult, SegmentationResult, StudyResult
+from mafm3.results import PrognosisResult, SegmentationResult, SegmentMeasurements, StudyResult
 
 DEMO_DISCLAIMER = "demo — synthetic data, not for clinical use"
 
@@ -98,6 +98,7 @@ def result_record(study: StudyResult, output_files: Sequence[str] = ()) -> dict:
         "classification": None
         if study.classification is None
         else {"skill": _skill(study.classification), "probabilities": study.classification.probabilities},
+        "warnings": list(study.warnings),
         "outputs": list(output_files),
     }
     return record

@@ -119,6 +119,12 @@ def _segmentation_section(segmentation: SegmentationResult) -> str:
     )
 
 
+def _warnings_section(warnings: list[str]) -> str:
+    """What was repaired or looks doubtful in the inputs, first on the page."""
+    items = "".join(f"<li>{_escape(warning)}</li>" for warning in warnings)
+    return f'<section class="warnings"><h2>Warnings</h2><ul>{items}</ul></section>'
+
+
 def _prognosis_section(study: StudyResult) -> str:
     prognosis = study.prognosis
     rows = [[f"{years} y", f"{100 * p:.1f}"] for years, p in sorted(prognosis.survival_at_years.items())]
@@ -211,6 +217,8 @@ def write_report_html(
     """
     out_dir = Path(out_dir)
     sections, written = _images_section(study, ct_image, pet_image, out_dir)
+    if study.warnings:
+        sections = _warnings_section(study.warnings) + sections
     if study.segmentation is not None:
         sections += _segmentation_section(study.segmentation)
     if study.prognosis is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicerio
 
-from mafm3.imaging import write_image
+from mafm3.imaging.io import write_image
 from mafm3.results import SegmentationResult, SegmentSpec
 
 # The DICOM master list context: Slicer's terminology module holds H&N neoplasm codes under this name.
@@ -109,8 +109,7 @@ def write_label_map(result: SegmentationResult, path: str | Path) -> Path:
     """Write the label map as a compressed uint8 image (`.nii.gz`, `.nrrd`, `.mha`) on the CT grid."""
     path = Path(path)
     label_statistics(result)
-    sitk.WriteImage(result.labels, str(path), useCompression=True)
-    return path
+    return write_image(result.labels, path)
 
 
 def write_uncertainty_map(result: SegmentationResult, path: str | Path) -> Path:

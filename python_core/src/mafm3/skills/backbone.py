@@ -9,9 +9,7 @@ ignored and why. Torch is imported only inside the functions that need it, so re
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import shutil
 from dataclasses import asdict, dataclass
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING
 from mafm3 import __version__
 from mafm3.config import backbones_dir
 from mafm3.errors import MAFM3Error
+from mafm3.files import atomic_folder, file_sha256
 from mafm3.progress import ProgressCallback, silent_progress
 
 if TYPE_CHECKING:
@@ -76,15 +75,6 @@ def read_manifest(backbone_dir: str | Path) -> dict:
     return manifest
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 8 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def import_ctclip_checkpoint(
     checkpoint: str | Path,
     out_dir: str | Path | None = None,
@@ -136,9 +126,7 @@ def import_ctclip_checkpoint(
     CTViT.from_state_dict(config, split.visual)  # refuses an incomplete or inconsistent CT-ViT before writing
     tensors = _without_shared_storage({key: state[key].contiguous() for key in split.used})
 
-    partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    try:
-        partial.mkdir(parents=True)
+    with atomic_folder(out_dir) as partial:
         progress("import", 0.3, f"writing {WEIGHTS_FILE}")
         save_file(tensors, partial / WEIGHTS_FILE, metadata={"format": "pt"})
         if tokenizer_dir is not None:
@@ -160,11 +148,6 @@ def import_ctclip_checkpoint(
             "mafm3_version": __version__,
         }
         (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        partial.rename(out_dir)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     progress("import", 1.0, f"backbone {backbone_id} in {out_dir}")
     return manifest
 

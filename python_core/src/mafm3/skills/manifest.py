@@ -32,7 +32,7 @@ from pathlib import Path
 from mafm3 import __version__
 from mafm3.errors import MAFM3Error
 from mafm3.results import SegmentSpec
-from mafm3.skills import TASKS
+from mafm3.tasks import TASKS
 
 FORMAT = "mafm3-skill-v1"
 MANIFEST_FILE = "manifest.json"

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from mafm3.config import backbones_dir, skills_dir
+from mafm3.config import backbones_dir, bundled_backbones_dir, bundled_skills_dir, skills_dir
 from mafm3.errors import MAFM3Error
-from mafm3.skills.backbone import file_sha256, read_manifest
+from mafm3.files import atomic_folder, file_sha256
+from mafm3.skills.backbone import read_manifest
 from mafm3.skills.manifest import MANIFEST_FILE, WEIGHTS_FILE, SkillManifest
 
 if TYPE_CHECKING:
@@ -73,9 +74,7 @@ def export_pack(
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise MAFM3Error(f"{folder} already exists and is not empty; export the skill pack to a new folder.")
     tensors = {key: value.detach().cpu().contiguous() for key, value in skill.skill_state_dict().items()}
-    partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    try:
-        partial.mkdir(parents=True)
+    with atomic_folder(folder) as partial:
         save_file(tensors, partial / WEIGHTS_FILE, metadata={"format": "pt", "skill": skill.name})
         manifest = SkillManifest(
             id=skill.name,
@@ -97,11 +96,6 @@ def export_pack(
             postprocessing=dict(preset.postprocessing),
         )
         manifest.write(partial)
-        if folder.exists():
-            folder.rmdir()
-        partial.rename(folder)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return manifest
 
 
@@ -138,12 +132,12 @@ def opened_pack(path: str | Path) -> Iterator[Path]:
 
 
 def _pack_members(archive: zipfile.ZipFile, zip_name: str) -> dict[str, zipfile.ZipInfo]:
-    files = [info for info in archive.infolist() if not info.is_dir()]
     for info in archive.infolist():
         parts = PurePosixPath(info.filename).parts
         is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
         if (
-            info.filename.startswith(("/", "\\"))
+            not parts  # an empty member name
+            or info.filename.startswith(("/", "\\"))
             or "\\" in info.filename
             or ".." in parts
             or ":" in parts[0]
@@ -152,6 +146,7 @@ def _pack_members(archive: zipfile.ZipFile, zip_name: str) -> dict[str, zipfile.
             raise MAFM3Error(
                 f"{zip_name} contains the unsafe entry {info.filename!r}; it is not a valid skill pack."
             )
+    files = [info for info in archive.infolist() if not info.is_dir()]  # (is_dir fails on an empty name)
     tops = {PurePosixPath(info.filename).parts[0] for info in files}
     prefix = f"{tops.pop()}/" if len(tops) == 1 and not any(i.filename in PACK_FILES for i in files) else ""
     members = {info.filename.removeprefix(prefix): info for info in files}
@@ -216,13 +211,23 @@ def install_pack(
 ) -> tuple[SkillManifest, Path]:
     """Copy a verified pack (folder or zip) to `<root>/<id>-<version>` (root default: the skills folder).
 
-    backbone_sha256s: the backbones the pack may target (default: those imported under MAFM3_HOME). The copy
-    is made under a temporary name, verified again and renamed, so a failed install leaves nothing behind.
+    backbone_sha256s: the backbones the pack may target (default: those imported under MAFM3_HOME and those
+    shipped with mafm3). The copy is made under a temporary name, verified again and renamed, so a failed
+    install leaves nothing behind. A pack shipped with mafm3 (same id, version and weights) is not copied:
+    the folder returned is the shipped one (`is_shipped_folder` tells).
     """
     root = skills_dir() if root is None else Path(root)
     with opened_pack(path) as folder:
         manifest = verify_pack(folder)
-        allowed = set(imported_backbone_sha256s()) if backbone_sha256s is None else set(backbone_sha256s)
+        shipped = shipped_pack_folder(manifest)
+        if shipped is not None:
+            return manifest, shipped
+        if backbone_sha256s is None:
+            allowed = set(imported_backbone_sha256s()) | set(
+                imported_backbone_sha256s(bundled_backbones_dir())
+            )
+        else:
+            allowed = set(backbone_sha256s)
         wanted = manifest.backbone["sha256"]
         if wanted not in allowed:
             raise MAFM3Error(
@@ -236,16 +241,42 @@ def install_pack(
                 f"Skill {manifest.id} {manifest.version} is already installed in {target}; remove it first "
                 f"(`mafm3 skill remove {manifest.id} --version {manifest.version}`)."
             )
-        partial = root / f".{manifest.folder_name}.partial-{os.getpid()}"
-        try:
-            partial.mkdir(parents=True)
+        with atomic_folder(target) as partial:
             for name in PACK_FILES:
                 shutil.copyfile(folder / name, partial / name)
             verify_pack(partial)
-            partial.rename(target)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
     return manifest, target
+
+
+def shipped_pack_folder(manifest: SkillManifest) -> Path | None:
+    """The folder of the pack shipped with mafm3 that is this one (same id, version and weights), if any."""
+    for folder in installed_pack_folders(manifest.id, manifest.version, bundled_skills_dir()):
+        if SkillManifest.read(folder).weights["sha256"] == manifest.weights["sha256"]:
+            return folder
+    return None
+
+
+def is_shipped_folder(folder: Path) -> bool:
+    """Whether `folder` lies inside the packs shipped with mafm3."""
+    return bundled_skills_dir() in Path(folder).parents
+
+
+def resolve_pack(name_or_path: str | Path) -> Path:
+    """A pack folder or zip given as a path, else the newest version of a skill id, installed or shipped with
+    mafm3 (installed first). Raises `MAFM3Error` when it is none of these."""
+    from mafm3.skills.registry import version_key
+
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    for root in (skills_dir(), bundled_skills_dir()):
+        folders = installed_pack_folders(str(name_or_path), root=root)
+        if folders:
+            return max(folders, key=lambda folder: version_key(SkillManifest.read(folder).version))
+    raise MAFM3Error(
+        f"{name_or_path} is neither a skill pack folder or zip nor an installed or shipped skill id; "
+        "`mafm3 skill list` shows the skills."
+    )
 
 
 def installed_pack_folders(skill_id: str, version: str | None = None, root: Path | None = None) -> list[Path]:
@@ -265,6 +296,11 @@ def installed_pack_folders(skill_id: str, version: str | None = None, root: Path
 def remove_pack(skill_id: str, version: str | None = None, root: Path | None = None) -> Path:
     """Delete one installed pack; with several versions installed, `version` must say which."""
     folders = installed_pack_folders(skill_id, version, root)
+    if not folders and installed_pack_folders(skill_id, version, bundled_skills_dir()):
+        raise MAFM3Error(
+            f"Skill {skill_id} is shipped with mafm3, not installed, so it cannot be removed; "
+            "it stays available."
+        )
     if not folders:
         which = f"{skill_id} {version}" if version else skill_id
         raise MAFM3Error(f"Skill {which} is not installed; `mafm3 skill list` shows the installed skills.")

@@ -16,8 +16,6 @@ perceptron patch projection, instance norm, residual blocks; MONAI's UNETR alway
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ import torch
 
 from mafm3 import __version__
 from mafm3.errors import MAFM3Error
-from mafm3.skills.backbone import file_sha256
+from mafm3.files import atomic_folder, file_sha256
 
 FORMAT = "mafm3-baseline-v1"
 MANIFEST_FILE, WEIGHTS_FILE = "manifest.json", "weights.safetensors"
@@ -85,9 +83,7 @@ def export_baseline(
     folder = Path(folder)
     if folder.exists():
         raise MAFM3Error(f"{folder} already exists; write the baseline to a new folder.")
-    partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    try:
-        partial.mkdir(parents=True)
+    with atomic_folder(folder) as partial:
         tensors = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
         save_file(tensors, partial / WEIGHTS_FILE)
         manifest = {
@@ -110,9 +106,6 @@ def export_baseline(
             "mafm3_version": __version__,
         }
         (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        partial.rename(folder)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return manifest
 
 

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -38,6 +37,7 @@ import numpy as np
 
 from mafm3.clinical import ClinicalRecord
 from mafm3.errors import MAFM3Error
+from mafm3.files import atomic_write
 
 LABEL_VALUES = frozenset({0, 1, 2})  # background, GTVp, GTVn
 GRID_TOLERANCE = 1e-4  # mm (spacing, origin) and direction-cosine units
@@ -339,7 +339,7 @@ class CaseCache:
             return load_file(path)
         arrays = {name: np.ascontiguousarray(array) for name, array in preprocess(case).items()}
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda tmp: save_file(arrays, str(tmp)))
+        atomic_write(path, lambda tmp: save_file(arrays, str(tmp)))
         return arrays
 
 
@@ -405,7 +405,7 @@ def add_case(
     if pet_image is not None:
         new_files[images / f"{case_id}__PT.nii.gz"] = pet_image
     for path, image in new_files.items():
-        _atomic_write(path, lambda tmp, image=image: write_image(image, tmp))
+        atomic_write(path, lambda tmp, image=image: write_image(image, tmp))
     for stale in set(old.files() if old else []) - set(new_files):
         stale.unlink()
     if rfs_days is not None:
@@ -474,15 +474,4 @@ def _upsert_row(path: Path, row: dict[str, str], header: list[str]) -> None:
             writer.writeheader()
             writer.writerows(rows)
 
-    _atomic_write(path, write)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through `write(temp_path)` to a hidden temp file beside `path` (same ending), then rename."""
-    tmp = path.with_name(f".{uuid.uuid4().hex[:12]}.{path.name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, write)

@@ -13,7 +13,8 @@ score, with bootstrap intervals. Writes `<out>` (JSON) and `<out stem>_per_case.
 
 `fold=K` evaluates the test cases of fold K of the split recorded in the pack's provenance, and only when the
 pack was trained on fold K; without it, every usable case of the dataset is evaluated, and the summary says
-how many of them the pack saw in training.
+how many of them the pack saw in training and lists the cases skipped (`skipped_cases`: no label file, or
+no endpoint for prognosis) with the reason.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from mafm3.engine.device import resolve_device
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.io import read_image
 from mafm3.progress import ProgressCallback, silent_progress
-from mafm3.skills.manifest import SkillManifest
-from mafm3.skills.registry import AvailableSkill, version_key
+from mafm3.skills.packs import resolve_pack
+from mafm3.skills.registry import AvailableSkill
+from mafm3.tasks import TRAINABLE_TASKS
 from mafm3.training.datasets import Case, Cohort, load_cohort
 from mafm3.training.metrics import (
     image_case_metrics,
@@ -40,23 +42,6 @@ from mafm3.training.metrics import (
 )
 from mafm3.training.model_space import case_study, dataset_record
 from mafm3.training.splits import Splits
-
-TASKS = ("segmentation", "prognosis")
-
-
-def resolve_pack(name_or_path: str | Path) -> Path:
-    """A pack (or baseline) folder or zip given as a path, or the newest installed version of a skill id."""
-    from mafm3.skills.packs import installed_pack_folders
-
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    folders = installed_pack_folders(str(name_or_path))
-    if not folders:
-        raise MAFM3Error(
-            f"{name_or_path} is neither a skill pack folder nor an installed skill; give the pack's folder."
-        )
-    return max(folders, key=lambda folder: version_key(SkillManifest.read(folder).version))
 
 
 class _PackEngine(Engine):
@@ -96,7 +81,7 @@ def evaluate(
             manifest = pack.to_dict()
             predict = _engine_predictor(AvailableSkill(pack, Path(folder)), device, precision)
         task = manifest["task"]
-        if task not in TASKS:
+        if task not in TRAINABLE_TASKS:
             raise MAFM3Error(
                 f"Skill {manifest['id']} does {task}; `mafm3 eval` measures segmentation or prognosis."
             )
@@ -205,7 +190,17 @@ def _cases(cohort: Cohort, manifest: dict, fold: int | None) -> tuple[list[Case]
     if fold is None:
         if not usable:
             raise MAFM3Error(f"The dataset {cohort.source} has no cases to evaluate a {task} skill on.")
-        scope = {"fold": None, "n_cases_seen_in_training": sum(case.case_id in seen for case in usable)}
+        reason = "no label file" if task == "segmentation" else "no recurrence-free-survival endpoint"
+        usable_ids = {case.case_id for case in usable}
+        scope = {
+            "fold": None,
+            "n_cases_seen_in_training": sum(case.case_id in seen for case in usable),
+            "skipped_cases": [
+                {"case_id": case.case_id, "reason": reason}
+                for case in cohort.cases
+                if case.case_id not in usable_ids
+            ],
+        }
         return usable, scope, sorted(seen)
     if recorded is None:
         raise MAFM3Error(

@@ -101,6 +101,57 @@ def kfold_split(cases: Sequence[Case], *, k: int = 5, seed: int = 42, val_fracti
     return Splits("kfold", seed, parameters, tuple(folds))
 
 
+def holdout_split(cases: list[Case], val_fraction: float, seed: int) -> Splits:
+    """One fold without test cases: a stratified `val_fraction` of the cases validates, the rest trains."""
+    n_parts = min(max(2, round(1 / val_fraction)), len(cases)) if val_fraction > 0 else 0
+    parameters = {"val_fraction": val_fraction, "stratified_by": ["event", "centre"]}
+    ids = tuple(sorted(case.case_id for case in cases))
+    if n_parts < 2:
+        return Splits("holdout", seed, parameters, (Fold(0, ids, (), ()),))
+    first = kfold_split(cases, k=n_parts, seed=seed, val_fraction=0)[0]
+    return Splits("holdout", seed, parameters, (Fold(0, first.train_ids, first.test_ids, ()),))
+
+
+def training_fold(
+    cases: list[Case],
+    *,
+    fold: int | None,
+    folds: int,
+    split_seed: int,
+    val_fraction: float,
+    split_file: Path | None = None,
+) -> tuple[Splits, Fold]:
+    """The split `mafm3 train` uses and its fold `fold`: the one in `split_file` (`--folds-file`, or the saved
+    split of a resumed run), else a `k = folds` split when a fold is asked for, else a hold-out (fold 0).
+    Refuses folds that do not exist, training cases these cases lack, and test cases that overlap training."""
+    if split_file is not None:
+        splits = Splits.load(split_file)
+    elif fold is not None:
+        splits = kfold_split(cases, k=folds, seed=split_seed, val_fraction=val_fraction)
+    else:
+        splits = holdout_split(cases, val_fraction, split_seed)
+    if fold is None and len(splits) > 1:
+        raise MAFM3Error(
+            f"The split has {len(splits)} folds; choose one with --fold (0 to {len(splits) - 1})."
+        )
+    index = fold or 0
+    if not 0 <= index < len(splits):
+        raise MAFM3Error(f"Fold {index} does not exist; the split has folds 0 to {len(splits) - 1}.")
+    chosen = splits[index]
+    usable = {case.case_id for case in cases}
+    unusable = sorted(set(chosen.train_ids + chosen.val_ids) - usable)
+    if unusable:
+        raise MAFM3Error(
+            f"{len(unusable)} training case(s) of the split lack what this task needs (the first is "
+            f"{unusable[0]}); use a split made for these cases."
+        )
+    if set(chosen.test_ids) & set(chosen.train_ids + chosen.val_ids):
+        raise MAFM3Error("The split's test cases overlap its training cases; use a split made by mafm3.")
+    if not chosen.train_ids:
+        raise MAFM3Error("The split leaves no training cases; add cases.")
+    return splits, chosen
+
+
 def centre_split(
     cases: Sequence[Case], test_centres: Sequence[str], *, seed: int = 42, val_fraction: float = 0.2
 ) -> Splits:

@@ -36,6 +36,7 @@ from torch import nn
 
 from mafm3.engine.device import resolve_device
 from mafm3.errors import MAFM3Error
+from mafm3.files import atomic_write
 from mafm3.progress import ProgressCallback, silent_progress
 
 CHECKPOINT_FORMAT = "mafm3-train-checkpoint-v1"
@@ -293,12 +294,6 @@ class WorkFolder:
             file.write(json.dumps(record, allow_nan=True) + "\n")
 
 
-def _atomic_save(path: Path, save: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save(tmp)
-    os.replace(tmp, path)
-
-
 def fit(
     task: Task,
     schedule: Schedule,
@@ -361,7 +356,7 @@ def fit(
             best_weights = {key: value.detach().clone() for key, value in task.weights().items()}
             if ranks.is_main:
                 tensors = {key: value.cpu().contiguous() for key, value in best_weights.items()}
-                _atomic_save(work.best, lambda tmp: save_file(tensors, str(tmp)))
+                atomic_write(work.best, lambda tmp: save_file(tensors, str(tmp)))
         if ranks.is_main and validation is not None:
             work.append_log({"step": step, "validation": asdict(validation), "best_step": best_step})
 
@@ -379,7 +374,7 @@ def fit(
                 "scheduler": scheduler.state_dict(),
                 "best": json.dumps(best_record),
             }
-            _atomic_save(work.checkpoint, lambda tmp: torch.save(state, tmp))
+            atomic_write(work.checkpoint, lambda tmp: torch.save(state, tmp))
             loss = float(np.mean(window)) if window else math.nan
             lr = scheduler.get_last_lr()[0]
             work.append_log({"step": step, "loss": loss, "lr": lr, "weights_sha256": digests})
