@@ -206,6 +206,7 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showSurvivalCurveButton.connect("clicked(bool)", self.onShowSurvivalCurve)
         self.ui.importSkillPackButton.connect("clicked(bool)", self.onImportSkillPack)
         self.ui.saveCaseButton.connect("clicked(bool)", self.onSaveCase)
+        self.ui.exportRtstructButton.connect("clicked(bool)", self.onExportRtstruct)
         self.ui.resultsBrowser.setOpenExternalLinks(True)
         self.loadSkills()
         self.initializeParameterNode()
@@ -525,6 +526,11 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parameters.prognosisTable = imported.prognosis.table
             parameters.survivalChart = imported.prognosis.chart
             slicer.modules.plots.logic().ShowChartInLayout(imported.prognosis.chart)
+        if imported.uncertainty is not None:
+            slicer.util.setSliceViewerLayers(foreground=imported.uncertainty, foregroundOpacity=0.4)
+        if imported.measurements is not None:
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(imported.measurements.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
         report = Path(record.get("out", "")) / REPORT_FILE
         self.ui.resultsBrowser.setHtml(
             "<br>".join(_(line) for line in result_lines(record))
@@ -553,6 +559,19 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("The skill pack was not installed."), waitCursor=True):
             self.ui.statusLabel.text = self.logic.installSkillPack(path).strip()
             self.loadSkills()
+
+    def onExportRtstruct(self) -> None:
+        import qt
+
+        parameters = self._parameterNode
+        if parameters.inputCT is None or parameters.outputSegmentation is None:
+            slicer.util.errorDisplay(_("Select the CT and the segmentation to export."))
+            return
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Folder for the RTSTRUCT"))
+        if folder:
+            with slicer.util.tryWithErrorDisplay(_("The RTSTRUCT was not written."), waitCursor=True):
+                written = self.logic.exportRtstruct(parameters.outputSegmentation, parameters.inputCT, folder)
+                self.ui.statusLabel.text = _("RTSTRUCT written to {path}.").format(path=written)
 
     def onSaveCase(self) -> None:
         import qt

@@ -19,6 +19,7 @@ from pathlib import Path
 import slicer
 
 from MAFM3SlicerLib.clinical import clinical_record
+from MAFM3SlicerLib.clinical_outputs import export_rtstruct
 from MAFM3SlicerLib.commands import add_case_command, run_command, skill_install_command, worker_python
 from MAFM3SlicerLib.demo_study import DemoStudy, load_demo_study, load_shipped_demo_study, make_demo_study
 from MAFM3SlicerLib.dependencies import (
@@ -284,3 +285,17 @@ class ModuleLogic:
                 overwrite=overwrite,
             )
             return run_command(command, env=self.workerEnvironment)
+
+    def exportRtstruct(self, segmentationNode, ctNode, outDir) -> Path:
+        """RTSTRUCT of GTVp/GTVn: through SlicerRT when installed, else the core (`clinical_outputs`)."""
+        # SlicerRT registers its DICOM RT plugin class here, as every DICOM plugin does.
+        pluginClass = getattr(slicer.modules, "dicomPlugins", {}).get("DicomRtImportExportPlugin")
+        return export_rtstruct(
+            segmentationNode,
+            ctNode,
+            outDir,
+            slicer_rt_plugin=pluginClass() if pluginClass is not None else None,
+            database=getattr(slicer, "dicomDatabase", None),
+            python=self.pythonExecutable,
+            run=lambda command: run_command(command, env=self.workerEnvironment),
+        )

@@ -1,4 +1,5 @@
-"""The worker's output folder -> MRML nodes (Qt-free): one segmentation, a prognosis table, a survival plot.
+"""The worker's output folder -> MRML nodes (Qt-free): one segmentation, a prognosis table, a survival plot,
+and (`clinical_outputs`) the lesion measurement table and the uncertainty volume.
 
 Read, as `mafm3.outputs` writes them: `segmentation.seg.nrrd` (one segment per output, with ID, name, colour
 and SNOMED terminology, on the CT grid), `prognosis.json` and `result.json`.
@@ -97,6 +98,8 @@ class ImportedResults:
     record: dict
     segmentation: object | None = None  # vtkMRMLSegmentationNode
     prognosis: PrognosisNodes | None = None
+    measurements: object | None = None  # vtkMRMLTableNode (clinical_outputs)
+    uncertainty: object | None = None  # vtkMRMLScalarVolumeNode (clinical_outputs)
 
 
 def import_results(
@@ -121,6 +124,11 @@ def import_results(
     if record.get("prognosis") is not None:
         prognosis = json.loads((out_dir / PROGNOSIS_FILE).read_text(encoding="utf-8"))
         imported.prognosis = import_prognosis(prognosis, ct_node)
+    # Imported here: clinical_outputs builds its nodes with this module's table and node helpers.
+    from MAFM3SlicerLib.clinical_outputs import import_measurements, import_uncertainty
+
+    imported.measurements = import_measurements(record, ct_node)
+    imported.uncertainty = import_uncertainty(out_dir, ct_node) if segmentation is not None else None
     return imported
 
 

@@ -7,10 +7,11 @@ from collections.abc import Mapping
 
 def result_lines(record: Mapping) -> list[str]:
     """Plain-text lines for a worker's result record (result.json plus `out`): the demo disclaimer, each
-    warning (one sentence each; none when the record has no `warnings`), the zero-shot classification, and
-    where and how fast it ran."""
+    warning (one sentence each; none when the record has no `warnings`), each QC flag of the segmentation,
+    the zero-shot classification, and where and how fast it ran."""
     lines = [record.get("disclaimer", "")] if record.get("demo") else []
     lines += [f"Warning: {warning}" for warning in record.get("warnings") or []]
+    lines += [f"QC: {flag['message']}" for flag in (record.get("segmentation") or {}).get("qc_flags", [])]
     classification = record.get("classification")
     if classification:
         ranked = sorted(classification["probabilities"].items(), key=lambda item: -item[1])

@@ -137,6 +137,13 @@ def _check_segments(test, imported, manifest: dict, ct, out_dir: Path, sitk) -> 
         sitk.sitkNearestNeighbor,
     )
     np.testing.assert_array_equal(labels, sitk.GetArrayFromImage(written))
+    # The lesion table has a row per segment (then per node), and the uncertainty lies on the CT's grid.
+    rows = table_rows(imported.measurements)
+    test.assertEqual(
+        [r["Segment"] for r in rows if " " not in r["Segment"]], [o["name"] for o in manifest["outputs"]]
+    )
+    test.assertEqual(imported.uncertainty.GetImageData().GetDimensions(), ct.GetImageData().GetDimensions())
+    test.assertLessEqual(float(slicer.util.arrayFromVolume(imported.uncertainty).max()), 100.0)
 
 
 def _check_prognosis(test, imported, skill_id: str, out_dir: Path) -> None:

@@ -76,23 +76,29 @@ def label_map_voxels(segmentation_node, ct_node) -> np.ndarray:
     return labels
 
 
-def write_case_files(
-    ct_node, pet_node, segmentation_node, clinical: Mapping | None, folder: str | Path
-) -> CaseFiles:
-    """Write CT, PET, the label map (on the CT grid, exact geometry) and the clinical record into `folder`."""
-    folder = Path(folder)
+def write_label_map(segmentation_node, ct_node, path: str | Path) -> Path:
+    """`label_map_voxels` written as a label map file on the CT's grid (exact geometry)."""
     labels = label_map_voxels(segmentation_node, ct_node)
     scene = slicer.vtkMRMLScene()  # private: the user's scene never sees this temporary node
     label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "label")
     slicer.util.updateVolumeFromArray(label_node, labels)
     label_node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras_of(ct_node)))
+    return write_volume(label_node, path)
+
+
+def write_case_files(
+    ct_node, pet_node, segmentation_node, clinical: Mapping | None, folder: str | Path
+) -> CaseFiles:
+    """Write CT, PET, the label map (on the CT grid, exact geometry) and the clinical record into `folder`."""
+    folder = Path(folder)
+    label = write_label_map(segmentation_node, ct_node, folder / "label.nrrd")
     clinical_path = None
     if clinical:
         clinical_path = folder / "clinical.json"
         clinical_path.write_text(json.dumps(dict(clinical), indent=2), encoding="utf-8")
     return CaseFiles(
         ct=write_volume(ct_node, folder / "ct.nrrd"),
-        label=write_volume(label_node, folder / "label.nrrd"),
+        label=label,
         pet=None if pet_node is None else write_volume(pet_node, folder / "pet.nrrd"),
         clinical=clinical_path,
     )

@@ -34,6 +34,7 @@ import SimpleITK as sitk
 
 from mafm3.clinical import ClinicalRecord
 from mafm3.errors import MAFM3Error
+from mafm3.imaging.measurements import measure_lesions
 from mafm3.outputs import write_outputs
 from mafm3.results import PrognosisResult, SegmentationResult, StudyResult
 from mafm3.skills.registry import AvailableSkill, installed_and_shipped_skills
@@ -79,7 +80,18 @@ class FakeEngine:
     def available(self) -> list[AvailableSkill]:
         return installed_and_shipped_skills()
 
-    def run_and_write(self, request, out_dir, *, overwrite=False, dicom_seg=False, progress, cancel=None):
+    def run_and_write(
+        self,
+        request,
+        out_dir,
+        *,
+        overwrite=False,
+        dicom_seg=False,
+        rtstruct=False,
+        sr=False,
+        progress,
+        cancel=None,
+    ):
         self.runs += 1
         print(STDOUT_NOISE, flush=True)
         os.write(1, f"{STDOUT_NOISE} (file descriptor 1)\n".encode())
@@ -117,7 +129,13 @@ class FakeEngine:
             if manifest.task == "segmentation":
                 segments = manifest.segments()
                 labels = fake_label_map(ct, {spec.name: spec.label for spec in segments})
-                result.segmentation = SegmentationResult(labels, segments, manifest.id, manifest.version)
+                uncertainty = sitk.Cast(labels > 0, sitk.sitkUInt8) * 50  # unsure inside the lesions
+                result.segmentation = SegmentationResult(
+                    labels, segments, manifest.id, manifest.version, uncertainty=uncertainty
+                )
+                result.segmentation.measurements = measure_lesions(
+                    labels, [spec.label for spec in segments], ct, None, uncertainty
+                )
             elif manifest.task == "prognosis":
                 result.prognosis = replace(PROGNOSIS, skill_id=manifest.id, skill_version=manifest.version)
         result.timings_s = {"total": 0.01}

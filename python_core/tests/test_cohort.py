@@ -38,8 +38,9 @@ def pass_through(monkeypatch):
     """Segmentation returns the case's mask (all cases share it); the prognosis risk is the patient's age."""
     mask = tumour_mask(phantom_ct())
 
-    def segment(skill, prepared, window, **kwargs):
-        return to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")
+    def segment(skill, prepared, window, **kwargs):  # labels and a certain (0) uncertainty map
+        labels = to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")
+        return labels, np.zeros(labels.shape, dtype=np.float32)
 
     real_prognose = engine_runner.prognose
 

@@ -24,7 +24,7 @@ from mafm3.cli import main
 from mafm3.engine import Cancelled, Engine, RunRequest
 from mafm3.engine import runner as engine_runner
 from mafm3.errors import MAFM3Error
-from mafm3.imaging.preprocess import to_model_array
+from mafm3.imaging.preprocess import PreprocessingConfig, to_model_array
 from mafm3.model.skill_model import build_skill_model
 from mafm3.skills.backbone import load_backbone
 from mafm3.skills.packs import install_pack
@@ -45,7 +45,9 @@ def test_segmentation_comes_back_on_the_ct_grid_exactly(installed_skills, study_
     mask = tumour_mask(ct)
 
     def pass_through(skill, prepared, window, **kwargs):  # the network replaced by the mask itself
-        return to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")
+        labels = to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")
+        uncertainty = np.where(labels == 2, np.float32(0.5), np.float32(0.0))  # unsure about the nodes only
+        return labels, uncertainty
 
     monkeypatch.setattr(engine_runner, "segment", pass_through)
     result, _ = engine().run(RunRequest(ct=str(ct_path), skills=["tiny-seg-ct"]))
@@ -58,6 +60,47 @@ def test_segmentation_comes_back_on_the_ct_grid_exactly(installed_skills, study_
     assert result.segmentation.volumes_ml() == pytest.approx(
         {"GTVp": 4 * 6 * 7 * voxel_ml, "GTVn": 32 * voxel_ml}
     )
+    uncertainty = result.segmentation.uncertainty  # percent on the CT grid, as exact as the labels
+    assert uncertainty.GetSize() == ct.GetSize() and uncertainty.GetDirection() == ct.GetDirection()
+    measured = result.segmentation.measurements
+    assert measured[1].uncertainty_percent == 0 and measured[2].uncertainty_percent == pytest.approx(
+        50, abs=1
+    )
+    assert measured[1].volume_ml == pytest.approx(4 * 6 * 7 * voxel_ml) and measured[1].suv_max is None
+    assert "no-lesion" not in [flag.code for flag in result.segmentation.qc_flags]
+
+
+def test_the_engine_applies_the_postprocessing_its_manifest_declares(installed_skills, study_files):
+    from types import SimpleNamespace
+
+    from mafm3.imaging.preprocess import prepare_input
+    from mafm3.imaging.study import load_study
+    from mafm3.results import GTVN, GTVP, SegmentationResult
+
+    ct, ct_path, _ = study_files
+    study = load_study(str(ct_path))
+    mask = tumour_mask(ct)
+    manifest = SimpleNamespace(
+        id="s", version="1", segments=lambda: [GTVP, GTVN], postprocessing={"min_component_ml": 0.0}
+    )
+    prepared = prepare_input(study, PreprocessingConfig(spacing_mm=ct.GetSpacing(), roi_method="none"))
+    labels = to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")
+    kept = engine_runner.segmentation_on_ct(
+        labels, np.zeros(labels.shape, np.float32), prepared, study, manifest
+    )
+    # Without postprocessing: exactly the labels brought back to the CT grid (oblique: by label-Gaussian).
+    on_ct = SegmentationResult(
+        engine_runner.labels_to_ct_grid(labels, prepared, study.ct), [GTVP, GTVN], "s", "1"
+    )
+    node_ml = on_ct.volumes_ml()["GTVn"]
+    assert kept.volumes_ml() == on_ct.volumes_ml() and node_ml > 0 and kept.removed == []
+    manifest.postprocessing = {"min_component_ml": node_ml * 1.5}  # the node is smaller, GTVp larger
+    cleaned = engine_runner.segmentation_on_ct(
+        labels, np.zeros(labels.shape, np.float32), prepared, study, manifest
+    )
+    assert cleaned.volumes_ml()["GTVn"] == 0 and cleaned.measurements[2] is None
+    assert cleaned.volumes_ml()["GTVp"] == kept.volumes_ml()["GTVp"]
+    assert [r["label"] for r in cleaned.removed] == [2] and cleaned.postprocessing == manifest.postprocessing
 
 
 def test_skills_with_equal_preprocessing_share_one_pass_and_one_backbone(
@@ -120,12 +163,16 @@ def test_run_writes_every_output_with_the_ct_geometry(installed_skills, study_fi
     assert code == 0
     names = {p.name for p in out.iterdir()}
     assert {"segmentation.seg.nrrd", "labels.nii.gz", "prognosis.json", "result.json", "report.html"} <= names
+    assert "uncertainty.nii.gz" in names
     labels = sitk.ReadImage(str(out / "labels.nii.gz"))
     assert labels.GetSize() == ct.GetSize()
     np.testing.assert_allclose(labels.GetOrigin(), ct.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(labels.GetDirection(), ct.GetDirection(), atol=1e-5)
     record = json.loads((out / "result.json").read_text())
     assert record["device"] == "cpu" and record["backbone"]["sha256"]
+    segments = record["segmentation"]["segments"]
+    assert [s["name"] for s in segments] == ["GTVp", "GTVn"] and "qc_flags" in record["segmentation"]
+    assert all(s["suv_max"] is None and "components" in s for s in segments)  # a CT-only run: SUV absent
     assert json.loads((out / "prognosis.json").read_text())["skill"]["id"] == "tiny-prognosis"
 
 
@@ -176,6 +223,19 @@ def test_missing_pet_for_a_pet_ct_skill_exits_with_one_sentence_and_leaves_out_u
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+def test_rtstruct_of_a_ct_not_read_from_dicom_is_refused_and_out_stays_as_it_was(
+    installed_skills, study_files, tmp_path, capsys
+):
+    _, ct_path, _ = study_files
+    out = tmp_path / "out"
+    code = main(
+        ["run", "--ct", str(ct_path), "--skill", "tiny-seg-ct", "--out", str(out), "--rtstruct", "--quiet"]
+    )
+    error = capsys.readouterr().err.strip()
+    assert code == 1 and "RTSTRUCT needs a DICOM CT input" in error and error.count("\n") == 0
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
 def test_a_device_that_is_not_there_is_refused(installed_skills, study_files):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -192,9 +252,10 @@ def test_an_oblique_ct_reaches_the_model_in_the_patients_axes_and_returns_on_its
     mask = tumour_mask(ct)
     seen = {}
 
-    def pass_through(skill, prepared, window, **kwargs):
+    def pass_through(skill, prepared, window, **kwargs):  # labels and a certain (0) uncertainty map
         seen["direction"] = prepared.grid.direction
-        return to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")
+        labels = to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")
+        return labels, np.zeros(labels.shape, np.float32)
 
     monkeypatch.setattr(engine_runner, "segment", pass_through)
     result, _ = engine().run(RunRequest(ct=str(ct_path), skills=["tiny-seg-ct"]))
@@ -239,7 +300,7 @@ def test_the_engine_skips_empty_windows_over_a_fitted_box_unless_asked_for_dense
 
     def recording(skill, prepared, window, **kwargs):
         seen.append((kwargs["skip_empty"], kwargs["fit_box"], prepared.occupied.sum()))
-        return np.zeros(prepared.shape, np.uint8)
+        return np.zeros(prepared.shape, np.uint8), np.zeros(prepared.shape, np.float32)
 
     monkeypatch.setattr(engine_runner, "segment", recording)
     for dense in (False, True):

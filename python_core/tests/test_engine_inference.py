@@ -1,18 +1,22 @@
-"""Sliding-window inference (`mafm3.engine.inference`) against oracles that need no model, and the windows it
-skips where there is nothing to find.
+"""Sliding-window inference (`mafm3.engine.inference`) against oracles that need no model.
 
 Oracles: a voxel-wise network (class logits from the voxel's own value) blended over any windows must give the
 voxel's class back exactly, wherever the window boundaries fall: a missed or misplaced window, a wrong channel
 or a crop that is not cropped back changes labels of an `arange` volume. `window_count` is checked against the
-windows the network is actually given, and against the window arithmetic worked by hand. The skipping blend
-against MONAI's `sliding_window_inference` (a second implementation of the same blend, within 1e-5 in
-float32), the predictor x + 1 on an arange volume (output = input + 1 wherever a window reached), and the
-occupied windows enumerated by brute force.
+windows the network is actually given, and against the window arithmetic worked by hand. The uncertainty map
+against entropy worked by hand for known logits; mirror test-time augmentation against a law of mirroring: a
+decoder whose logits weigh the input by a ramp along the patient's x axis, averaged with its mirror image,
+weighs it by the ramp's mean, so mirrored inference must equal plain inference with that constant weight.
+The skipping blend against MONAI's `sliding_window_inference` (a second implementation of the same blend,
+within 1e-5 in float32), the predictor x + 1 on an arange volume (output = input + 1 wherever a window
+reached), and the occupied windows enumerated by brute force.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,14 +24,19 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from mafm3.engine.inference import (
+    StageClock,
     blend_windows,
     body_box,
     decoded_windows,
+    labels_and_uncertainty,
+    segment,
     sliding_window_labels,
+    sliding_window_logits,
     window_count,
 )
 from mafm3.errors import MAFM3Error
-from mafm3.imaging.preprocess import occupied_voxels
+from mafm3.imaging.preprocess import PreparedInput, occupied_voxels
+from mafm3.imaging.resample import Grid
 
 CLASSES = 5
 
@@ -133,6 +142,54 @@ def test_an_overlap_outside_zero_to_one_is_refused(overlap):
             device=torch.device("cpu"),
             dtype=None,
         )
+
+
+def test_uncertainty_is_the_normalised_entropy_of_the_class_probabilities():
+    logits = torch.zeros(1, 3, 1, 1, 3)
+    logits[0, :, 0, 0, 1] = torch.tensor([0.0, 0.0, -float("inf")])  # two classes at 1/2: log 2 / log 3
+    logits[0, :, 0, 0, 2] = torch.tensor([30.0, 0.0, 0.0])  # one class almost certain
+    labels, uncertainty = labels_and_uncertainty(logits)
+    np.testing.assert_allclose(uncertainty[0, 0], [1.0, math.log(2) / math.log(3), 0.0], atol=1e-6)
+    assert labels[0, 0, 2] == 0 and labels.dtype == np.uint8
+
+
+def _skill(weight: torch.Tensor):
+    """A stand-in skill: logits (background 0, tumour = input x weight); weight (T, H, W) of one window."""
+
+    def decoder(crops, hidden):
+        tumour = crops[:, :1] * weight
+        return torch.cat([torch.zeros_like(tumour), tumour - 0.1], dim=1)
+
+    return SimpleNamespace(name="stand-in", features=lambda crops: (None, None), decoder=decoder)
+
+
+def test_mirrored_inference_averages_each_window_with_its_left_right_mirror():
+    window = (4, 6, 4)
+    axis_order = "zxy"  # H is the patient's x axis, as in the demo skills
+    ramp = torch.linspace(-1.0, 3.0, window[1]).reshape(1, -1, 1).expand(window)
+    rng = np.random.default_rng(0)
+    prepared = PreparedInput(
+        rng.normal(size=(1, 8, 12, 8)).astype(np.float32),
+        Grid((8, 12, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel())),
+        axis_order,
+        ("ct",),
+        {},
+    )
+    options = {
+        "overlap": 0.5,
+        "sw_batch_size": 2,
+        "device": torch.device("cpu"),
+        "dtype": None,
+        "clock": StageClock(torch.device("cpu")),
+        "progress": lambda *_: None,
+        "cancel": None,
+    }
+    mirrored = segment(_skill(ramp), prepared, window, mirror=True, **options)
+    constant = segment(_skill(torch.full(window, float(ramp.mean()))), prepared, window, **options)
+    plain = segment(_skill(ramp), prepared, window, **options)
+    np.testing.assert_array_equal(mirrored[0], constant[0])
+    np.testing.assert_allclose(mirrored[1], constant[1], atol=1e-5)
+    assert not np.array_equal(plain[0], mirrored[0])  # the ramp does change the answer without mirroring
 
 
 # -- windows left out where there is nothing to find ---------------------------------------------------
@@ -294,3 +351,22 @@ def test_occupied_voxels_are_tissue_above_minus_500_hu_or_uptake_above_1_suv():
     pet = np.array([0.0, 0.9, 0.0, 2.5, 0.0])
     assert occupied_voxels({"ct": ct, "pet": pet}).tolist() == [False, False, True, True, True]
     assert occupied_voxels({"ct": ct}).tolist() == [False, False, True, False, True]
+
+
+def test_what_no_decoded_window_reaches_is_background_with_zero_uncertainty():
+    image, occupied = lesion_study()
+    logits = sliding_window_logits(
+        lesion_network,
+        image,
+        WINDOW,
+        overlap=0.25,
+        sw_batch_size=2,
+        device=CPU,
+        dtype=None,
+        occupied=occupied,
+    )
+    labels, uncertainty = labels_and_uncertainty(logits)
+    far = np.ones_like(occupied)
+    far[-9 - 8 :, -10 - 8 :, -10 - 8 :] = False  # beyond a window's reach of the body
+    assert (labels[far] == 0).all() and (uncertainty[far] == 0).all()
+    assert (uncertainty[~far] > 0).any()  # decoded voxels keep their entropy

@@ -179,6 +179,7 @@ def test_a_pet_shifted_against_its_ct_is_found_by_its_body_outline(demo_ct_and_p
     moved.SetOrigin(tuple(np.add(pet.GetOrigin(), shift_mm)))
     record, warnings = registration_check(ct, moved)
     assert record["overlap_fraction"] > 0.9  # the boxes alone do not tell
+    assert record["misregistered"] is warned  # what the segmentation's QC flag reads
     found = np.asarray(record["best_fit_shift_mm"])
     if not warned:
         assert warnings == [] and found.tolist() == [0, 0, 0] and record["body_outline_dice"] > 0.9

@@ -9,18 +9,16 @@ each assertion names.
 
 from __future__ import annotations
 
-import random
-
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SegmentationStorage, generate_uid
+from ct_series import slice_pixel_points_lps, write_ct_series
+from imaging_phantoms import voxel_points
+from pydicom.uid import SegmentationStorage
 
 from mafm3.errors import MAFM3Error
-from mafm3.imaging.io import write_dicom_file
 from mafm3.outputs.dicom_seg import write_dicom_seg
 from mafm3.results import GTVN, GTVP, SegmentationResult
 
@@ -44,79 +42,22 @@ def _expected_labels(points_lps: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _slice_points_lps(dataset: pydicom.Dataset) -> np.ndarray:
-    """Physical point of every pixel (rows, columns, 3) of one CT slice, from its own header."""
-    position = np.array([float(v) for v in dataset.ImagePositionPatient])
-    orientation = np.array([float(v) for v in dataset.ImageOrientationPatient])
-    row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)
-    r, c = np.meshgrid(np.arange(dataset.Rows), np.arange(dataset.Columns), indexing="ij")
-    return (
-        position
-        + c[..., None] * column_spacing * orientation[:3]
-        + r[..., None] * row_spacing * orientation[3:]
-    )
-
-
-def _write_ct_series(folder, series_uid: str) -> list:
-    """Write an oblique CT series as single-frame files, in shuffled file order with shuffled names."""
-    orientation = np.array(ORIENTATION).reshape(3, 3)
-    study_uid, frame_uid = generate_uid(), generate_uid()
-    order = list(range(SLICES))
-    random.Random(5).shuffle(order)
-    paths = []
-    for k in order:
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        path = folder / f"{generate_uid()}.dcm"
-        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.Manufacturer = "CT", "test"
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
-            "Test^Patient",
-            "P1",
-            "19600101",
-            "M",
-        )
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", "A1"
-        ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 2, k + 1
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in ORIGIN_LPS + k * SLICE_SPACING_MM * orientation[:, 2]]
-        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*orientation[:, 0], *orientation[:, 1])]
-        ds.PixelSpacing = list(PIXEL_SPACING_MM)
-        ds.SliceThickness = SLICE_SPACING_MM
-        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = (
-            ROWS,
-            COLUMNS,
-            1,
-            "MONOCHROME2",
-        )
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = np.full((ROWS, COLUMNS), 1000 + k, dtype=np.int16).tobytes()
-        write_dicom_file(ds, path)
-        paths.append(path)
-    return paths
-
-
 @pytest.fixture(scope="module")
 def ct_series(tmp_path_factory):
     """(paths in shuffled order, CT image read by SimpleITK, series UID)."""
-    folder = tmp_path_factory.mktemp("ct")
-    series_uid = generate_uid()
-    paths = _write_ct_series(folder, series_uid)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
-    return paths, reader.Execute(), series_uid
+    paths, image = write_ct_series(
+        tmp_path_factory.mktemp("ct"),
+        size_xyz=(COLUMNS, ROWS, SLICES),
+        spacing_xyz=(PIXEL_SPACING_MM[1], PIXEL_SPACING_MM[0], SLICE_SPACING_MM),
+        origin_lps=ORIGIN_LPS,
+        direction=np.array(ORIENTATION).reshape(3, 3),
+    )
+    return paths, image, pydicom.dcmread(paths[0]).SeriesInstanceUID
 
 
 def _result_on(ct: sitk.Image) -> SegmentationResult:
     """Label map on the CT grid drawn from the physical balls (points from SimpleITK's index mapping)."""
-    k, j, i = np.meshgrid(*(np.arange(n) for n in reversed(ct.GetSize())), indexing="ij")
-    matrix = np.array(ct.GetDirection()).reshape(3, 3) @ np.diag(ct.GetSpacing())
-    points = np.array(ct.GetOrigin()) + np.stack([i, j, k], axis=-1) @ matrix.T
-    labels = sitk.GetImageFromArray(_expected_labels(points))
+    labels = sitk.GetImageFromArray(_expected_labels(voxel_points(ct)))
     labels.CopyInformation(ct)
     return SegmentationResult(labels, [GTVP, GTVN], "hecktor-seg-ct", "1.2.0")
 
@@ -157,7 +98,7 @@ def test_seg_references_the_ct_series_and_each_frame_reproduces_its_slice(ct_ser
     masks = seg.get_pixels_by_source_instance(
         source_sop_instance_uids=uids, combine_segments=True, assert_missing_frames_are_empty=True
     )
-    expected = np.stack([_expected_labels(_slice_points_lps(ct_headers[uid])) for uid in uids])
+    expected = np.stack([_expected_labels(slice_pixel_points_lps(ct_headers[uid])) for uid in uids])
     assert expected.any()
     np.testing.assert_array_equal(masks, expected)
 

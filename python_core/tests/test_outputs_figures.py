@@ -22,6 +22,7 @@ from mafm3.outputs.figures import (
     render_planes_png,
     render_survival_png,
     sample_plane,
+    survival_figure,
 )
 from mafm3.results import GTVN, GTVP, PrognosisResult
 
@@ -142,3 +143,37 @@ def test_survival_png_is_a_non_trivial_plot(tmp_path):
     image = imread(render_survival_png(prognosis, tmp_path / "survival.png"))[..., :3]
     assert image.std() > 0.05
     assert _near(image, (0.839, 0.153, 0.157), 0.05).sum() > 20  # the red 1/2/3/5-year markers (tab:red)
+
+
+def test_the_survival_curve_drawn_passes_through_the_json_probabilities(tmp_path):
+    """One function of time: the line drawn, read at 1/2/3/5 years by linear interpolation between its
+    points (what a straight line is), equals prognosis.json's numbers, which the MTLR head computed."""
+    import json
+
+    import torch
+
+    from mafm3.model.mtlr import DAYS_PER_YEAR, survival_at, survival_curve
+    from mafm3.outputs.json_io import write_prognosis_json
+
+    bins = torch.tensor([200.0, 500.0, 900.0, 1400.0, 2300.0])  # the 5-year point lies in the last bin
+    logits = torch.nn.functional.pad(torch.tensor([[0.4, -0.3, 0.9, 0.1, -0.6]]), (0, 1))
+    survival = survival_curve(logits)
+    years = (1, 2, 3, 5)
+    at_years = survival_at(survival, bins, torch.tensor(years, dtype=torch.float32) * DAYS_PER_YEAR)
+    prognosis = PrognosisResult(
+        risk=1.0,
+        risk_group="intermediate",
+        times_days=[0.0, *bins.tolist()],
+        survival=survival[0].tolist(),
+        survival_at_years={y: float(p) for y, p in zip(years, at_years[0], strict=True)},
+        skill_id="p",
+        skill_version="1",
+    )
+    record = json.loads(write_prognosis_json(prognosis, tmp_path / "prognosis.json").read_text())
+    line = survival_figure(prognosis).axes[0].lines[0]
+    assert line.get_drawstyle() == "default"  # straight segments between the points, not steps
+    curve_years, curve_survival = line.get_data()
+    drawn = np.interp(years, curve_years, curve_survival)
+    from_json = [record["survival_probability"][f"{y}y"] for y in years]
+    np.testing.assert_allclose(drawn, from_json, atol=1e-6)  # float32 curve, float64 interpolation
+    assert record["survival_curve"]["between"] == "linear"

@@ -45,7 +45,11 @@ def test_prognosis_json_holds_risk_curve_and_yearly_probabilities(tmp_path, demo
     assert record["skill"] == {"id": "hecktor-rfs-petct", "version": "2.0.1"}
     assert record["risk"] == 1.37
     assert record["risk_group"] == "high"
-    assert record["survival_curve"] == {"times_days": PROGNOSIS.times_days, "survival": PROGNOSIS.survival}
+    assert record["survival_curve"] == {
+        "times_days": PROGNOSIS.times_days,
+        "survival": PROGNOSIS.survival,
+        "between": "linear",
+    }
     assert record["survival_probability"] == {"1y": 0.81, "2y": 0.66, "3y": 0.58, "5y": 0.47}
     assert record["demo"] is demo
     assert record.get("disclaimer") == (DEMO_DISCLAIMER if demo else None)

@@ -115,3 +115,25 @@ def test_report_without_segmentation_pet_or_prognosis_shows_only_the_ct(tmp_path
     assert "Segmentation</h2>" not in html and "Prognosis" not in html
     overlay = imread(tmp_path / "ct_overlay.png")[..., :3]
     assert np.all(np.abs(overlay - np.array(GTVP.color)) <= 0.04, axis=-1).sum() == 0
+
+
+def test_report_shows_each_lesion_s_numbers_and_the_qc_flags_and_dashes_without_pet(tmp_path):
+    from mafm3.imaging.measurements import measure_lesions
+    from mafm3.results import QCFlag
+
+    ct, labels, pet = _images()
+    study = _study(prognosis=False, classification=False)
+    segmentation = study.segmentation
+    segmentation.measurements = measure_lesions(labels, [1, 2], ct, pet)
+    segmentation.qc_flags = [QCFlag("roi-border", "GTVn reaches the edge of the region the model analysed.")]
+    html = (tmp_path / write_report_html(study, ct, pet, tmp_path)[0].name).read_text()
+    gtvp = segmentation.measurements[1]
+    assert f"<td>{gtvp.suv_max:.2f}</td>" in html and f"<td>{gtvp.suv_peak:.2f}</td>" in html
+    assert "GTVn reaches the edge of the region the model analysed." in html
+
+    segmentation.measurements = measure_lesions(labels, [1, 2], ct)  # no PET
+    segmentation.qc_flags = []
+    html = (tmp_path / write_report_html(study, ct, None, tmp_path)[0].name).read_text()
+    row = re.search(r"<tr><td>GTVp</td>.*?</tr>", html).group(0)
+    assert row.count("<td>—</td>") == 6  # SUVmax/mean/peak, MTV, TLG, uncertainty: absent, not 0
+    assert "Quality control: no flag." in html

@@ -53,7 +53,8 @@ def image_thresholds(monkeypatch):
     def segment(skill, prepared, window, **kwargs):
         ct = prepared.array[0]
         rank = ct.argsort(axis=None, kind="stable").argsort().reshape(ct.shape) / ct.size  # ties broken
-        return np.select([rank >= 0.98, rank >= 0.9], [1, 2], 0).astype(np.uint8)
+        labels = np.select([rank >= 0.98, rank >= 0.9], [1, 2], 0).astype(np.uint8)
+        return labels, np.zeros(labels.shape, np.float32)  # and a certain (0) uncertainty map
 
     monkeypatch.setattr(engine_runner, "segment", segment)
 

@@ -5,7 +5,7 @@ Segment definitions travel with the skill manifest (`outputs`), so writers never
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 import SimpleITK as sitk
@@ -83,13 +83,66 @@ HEAD_NECK_TUMOUR_SEGMENTS = (GTVP, GTVN)
 
 
 @dataclass
+class LesionMeasurements:
+    """The numbers of one segment or one connected component (`imaging.measurements` defines them)."""
+
+    volume_ml: float
+    hu_mean: float | None
+    suv_max: float | None = None
+    suv_mean: float | None = None
+    suv_peak: float | None = None
+    mtv_ml: float | None = None
+    tlg: float | None = None
+    uncertainty_percent: float | None = None
+    centroid_lps: tuple[float, float, float] | None = None
+
+    def to_dict(self) -> dict:
+        record = asdict(self)
+        if self.centroid_lps is not None:
+            record["centroid_lps"] = list(self.centroid_lps)
+        return record
+
+
+@dataclass
+class SegmentMeasurements(LesionMeasurements):
+    """A segment's numbers and those of each of its connected components (largest first)."""
+
+    components: list[LesionMeasurements] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return super().to_dict() | {"components": [component.to_dict() for component in self.components]}
+
+
+@dataclass(frozen=True)
+class QCFlag:
+    """A quality-control finding for the reader: a short code and one sentence that says what to check."""
+
+    code: str  # "no-lesion", "roi-border", "nodes-vs-n-stage", "pet-ct-misregistered"
+    message: str
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass
 class SegmentationResult:
-    """A label map on the input CT's own grid (uint8, same size/spacing/origin/direction) and its segments."""
+    """A label map on the input CT's own grid (uint8, same size/spacing/origin/direction) and its segments.
+
+    uncertainty: normalised entropy of the blended class probabilities in percent (uint8, 0 = one class
+    certain, 100 = all classes equally likely) on the same grid, 0 outside the region the model analysed;
+    measurements: per label value (None when the segment is empty); postprocessing: the rules applied;
+    removed: components the skill's postprocessing took out (`RemovedComponent.to_dict()`); qc_flags.
+    """
 
     labels: sitk.Image
     segments: list[SegmentSpec]
     skill_id: str
     skill_version: str
+    uncertainty: sitk.Image | None = None
+    measurements: dict[int, SegmentMeasurements | None] = field(default_factory=dict)
+    postprocessing: dict = field(default_factory=dict)
+    removed: list[dict] = field(default_factory=list)
+    qc_flags: list[QCFlag] = field(default_factory=list)
 
     @cached_property
     def shape_statistics(self) -> sitk.LabelShapeStatisticsImageFilter:
@@ -112,7 +165,11 @@ class SegmentationResult:
 
 @dataclass
 class PrognosisResult:
-    """Recurrence-free survival: a risk score (higher = earlier recurrence) and a survival curve S(t)."""
+    """Recurrence-free survival: a risk score (higher = earlier recurrence) and a survival curve S(t).
+
+    One function of time: S at `times_days` (0, then the MTLR bin boundaries), linear in between, undefined
+    beyond the last; `survival_at_years` are read off it (NaN beyond), and the report and Slicer draw it so.
+    """
 
     risk: float
     risk_group: str
@@ -127,7 +184,8 @@ class PrognosisResult:
             "skill": {"id": self.skill_id, "version": self.skill_version},
             "risk": self.risk,
             "risk_group": self.risk_group,
-            "survival_curve": {"times_days": self.times_days, "survival": self.survival},
+            # S between the grid times is linear: the curve drawn and `survival_probability` read it so.
+            "survival_curve": {"times_days": self.times_days, "survival": self.survival, "between": "linear"},
             "survival_probability": {f"{years}y": p for years, p in sorted(self.survival_at_years.items())},
         }
 

@@ -22,9 +22,9 @@ Requests and the events that answer them:
 - `{"id", "op": "run", "params": {...}}` -> any number of `{"id", "event": "progress", "stage", "fraction",
   "message"}`, then exactly one of `result`, `error` or `cancelled`. `params` are the fields of
   `mafm3.engine.RunRequest` (e.g. `ct`, `pet`, `clinical`: paths; `skills`, `tasks`, `overlap`,
-  `pet_units`, `device`) plus `out` (required: the output folder), `overwrite` and `dicom_seg` (default
-  false), as for `mafm3 run`. `stage` names the step (e.g. "read", "inference", "write"), `fraction` is in
-  [0, 1] within it. One run at a time: a run sent while another runs gets a user error.
+  `pet_units`, `device`) plus `out` (required: the output folder), `overwrite`, `dicom_seg`, `rtstruct` and
+  `sr` (default false), as for `mafm3 run`. `stage` names the step (e.g. "read", "inference", "write"),
+  `fraction` is in [0, 1] within it. One run at a time: a run sent while another runs gets a user error.
 - `{"id", "op": "cancel", "target": run id}` -> no event of its own: the target run ends with
   `{"id": target, "event": "cancelled"}`, or with its result or error if it finished first. An unknown
   target is ignored.
@@ -70,7 +70,13 @@ from mafm3.progress import ProgressCallback
 log = logging.getLogger(__name__)
 
 ENGINE_ENV = "MAFM3_WORKER_ENGINE"
-OUTPUT_OPTIONS = ("out", "overwrite", "dicom_seg")  # run params about the output folder, not the RunRequest
+OUTPUT_OPTIONS = (
+    "out",
+    "overwrite",
+    "dicom_seg",
+    "rtstruct",
+    "sr",
+)  # run params about the output folder, not the RunRequest
 SHUTDOWN_WAIT_S = 30.0  # how long shutdown or end of input waits for a cancelled job to stop
 
 
@@ -87,6 +93,8 @@ class WorkerEngine(Protocol):
         *,
         overwrite: bool = False,
         dicom_seg: bool = False,
+        rtstruct: bool = False,
+        sr: bool = False,
         progress: ProgressCallback,
         cancel: threading.Event | None = None,
     ) -> tuple:
@@ -142,6 +150,8 @@ def run_study(engine, params: dict, progress: ProgressCallback, cancel: threadin
         params["out"],
         overwrite=bool(params.get("overwrite", False)),
         dicom_seg=bool(params.get("dicom_seg", False)),
+        rtstruct=bool(params.get("rtstruct", False)),
+        sr=bool(params.get("sr", False)),
         progress=progress,
         cancel=cancel,
     )

@@ -163,7 +163,7 @@ def compare_with_unetr(
     channels = prepared.array.shape[0]
     unetr = build_unetr(unetr_arguments(channels, window, "paper")).to(device).eval()
 
-    def ours() -> np.ndarray:
+    def ours() -> tuple[np.ndarray, np.ndarray]:  # labels and the uncertainty map: more work than UNETR's
         return segment_quietly(skill, prepared, window, overlap, device, dtype)
 
     def baseline() -> np.ndarray:

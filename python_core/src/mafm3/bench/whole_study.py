@@ -62,7 +62,7 @@ def paper_whole_study(
         else None
     )
 
-    def fast() -> np.ndarray:
+    def fast() -> tuple[np.ndarray, np.ndarray]:
         skill.backbone.autocast_dtype = dtype
         return segment_quietly(skill, prepared, window, overlap, device, dtype, decoder=decoder)
 
@@ -84,7 +84,7 @@ def paper_whole_study(
         with measured(device) as preparation:  # once per skill in normal use: the IR stays on disk
             cached_ir(skill.decoder, channels, skill.backbone.config.dim)
     with measured(device) as fast_run:
-        fast_labels = fast()
+        fast_labels, _ = fast()  # labels and the uncertainty map, as `mafm3 run` makes them
     with measured(device) as postprocess:
         labels_to_ct_grid(fast_labels, prepared, study.ct)
     record = {

@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     parser.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG (needs a DICOM CT)")
+    parser.add_argument(
+        "--rtstruct", action="store_true", help="also write an RTSTRUCT for planning (needs a DICOM CT)"
+    )
+    parser.add_argument(
+        "--sr", action="store_true", help="also write a DICOM SR (TID 1500) and the SEG it cites (DICOM CT)"
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1)")
@@ -82,7 +88,13 @@ def run(args: argparse.Namespace) -> int:
     progress = TerminalProgress(enabled=not args.quiet)
     try:
         result, files = Engine(args.device).run_and_write(
-            request, args.out, overwrite=args.overwrite, dicom_seg=args.dicom_seg, progress=progress
+            request,
+            args.out,
+            overwrite=args.overwrite,
+            dicom_seg=args.dicom_seg,
+            rtstruct=args.rtstruct,
+            sr=args.sr,
+            progress=progress,
         )
     finally:
         progress.close()
@@ -102,6 +114,7 @@ def summary(result, files) -> str:
     if result.segmentation is not None:
         volumes = ", ".join(f"{name} {ml:.1f} ml" for name, ml in result.segmentation.volumes_ml().items())
         lines.append(f"segmentation ({result.segmentation.skill_id}): {volumes}")
+        lines += [f"QC: {flag.message}" for flag in result.segmentation.qc_flags]
     if result.prognosis is not None:
         prognosis = result.prognosis
         two_years = prognosis.survival_at_years.get(2, math.nan)

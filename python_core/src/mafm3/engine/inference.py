@@ -1,7 +1,8 @@
 """Running one activated skill on one prepared input: sliding windows for segmentation, one pass otherwise.
 
 Everything runs under `torch.inference_mode` with optional autocast; segmentation is argmaxed on the device
-and comes back as uint8 labels in model space (T, H, W), never as float class maps.
+and comes back as uint8 labels in model space (T, H, W) with the normalised entropy of the blended class
+probabilities as its uncertainty map, never as float class maps.
 """
 
 from __future__ import annotations
@@ -166,6 +167,48 @@ def blend_windows(
     return blended.div_(torch.where(covered, weight, 1.0)), covered  # in place: the blend is the largest
 
 
+def sliding_window_logits(
+    network: Callable[[torch.Tensor], torch.Tensor],
+    image: np.ndarray,
+    window: tuple[int, ...],
+    *,
+    overlap: float,
+    sw_batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    occupied: np.ndarray | None = None,
+    fit_box: bool = True,
+) -> torch.Tensor:
+    """Blended class logits (1, classes, T, H, W) float32 on `device` of a model-space image (C, T, H, W):
+    Gaussian-blended sliding windows of `network` (crops (N, C, *window) -> logits (N, classes, *window)).
+
+    occupied: (T, H, W) bool, where there is something to find (body or PET uptake; `PreparedInput.occupied`).
+    With it, windows holding no occupied voxel are not decoded and, with `fit_box`, the windows are laid over
+    the box fitted to the occupied voxels (`body_box`) instead of the whole image. A voxel no decoded window
+    reaches is certain background: logit 0 for background and -inf for every other class (label 0,
+    uncertainty 0 in `labels_and_uncertainty`). None decodes every window of the whole image.
+    """
+    if not 0 <= overlap < 1:
+        raise MAFM3Error(f"The window overlap must be at least 0 and below 1, got {overlap}.")
+    box = body_box(occupied, window) if occupied is not None and fit_box else (slice(None),) * 3
+    volume = torch.from_numpy(np.ascontiguousarray(image[(slice(None), *box)])).to(device)
+    mask = None if occupied is None else torch.from_numpy(np.ascontiguousarray(occupied[box])).to(device)
+    with torch.inference_mode(), autocast(device, dtype):
+        if volume[0].numel():
+            blended, covered = blend_windows(
+                network, volume, window, overlap=overlap, sw_batch_size=sw_batch_size, occupied=mask
+            )
+        else:
+            blended, covered = torch.zeros((0,)), None
+        classes = blended.shape[0] or 2  # nothing decoded: background and "anything else", ruled out
+        logits = torch.full((1, classes, *image.shape[1:]), -math.inf, device=device)
+        logits[0, 0] = 0.0
+        if blended.shape[0]:
+            inside = logits[(0, slice(None), *box)]
+            inside.copy_(torch.where(covered, blended, inside))
+        return logits
+
+
 def sliding_window_labels(
     network: Callable[[torch.Tensor], torch.Tensor],
     image: np.ndarray,
@@ -178,29 +221,29 @@ def sliding_window_labels(
     occupied: np.ndarray | None = None,
     fit_box: bool = True,
 ) -> np.ndarray:
-    """Labels (T, H, W) uint8 of a model-space image (C, T, H, W): Gaussian-blended sliding windows of
-    `network` (crops (N, C, *window) -> logits (N, classes, *window)), argmax on the device.
+    """Labels (T, H, W) uint8: the argmax on the device of `sliding_window_logits` (same arguments)."""
+    logits = sliding_window_logits(
+        network,
+        image,
+        window,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        device=device,
+        dtype=dtype,
+        occupied=occupied,
+        fit_box=fit_box,
+    )
+    return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 
-    occupied: (T, H, W) bool, where there is something to find (body or PET uptake; `PreparedInput.occupied`).
-    With it, windows holding no occupied voxel are not decoded and, with `fit_box`, the windows are laid over
-    the box fitted to the occupied voxels (`body_box`) instead of the whole image; everything no decoded
-    window reaches is background (0). None decodes every window of the whole image.
-    """
-    if not 0 <= overlap < 1:
-        raise MAFM3Error(f"The window overlap must be at least 0 and below 1, got {overlap}.")
-    labels = np.zeros(image.shape[1:], dtype=np.uint8)
-    box = body_box(occupied, window) if occupied is not None and fit_box else (slice(None),) * 3
-    volume = torch.from_numpy(np.ascontiguousarray(image[(slice(None), *box)])).to(device)
-    mask = None if occupied is None else torch.from_numpy(np.ascontiguousarray(occupied[box])).to(device)
-    if volume[0].numel() == 0:
-        return labels
-    with torch.inference_mode(), autocast(device, dtype):
-        logits, covered = blend_windows(
-            network, volume, window, overlap=overlap, sw_batch_size=sw_batch_size, occupied=mask
-        )
-        if logits.shape[0]:
-            labels[box] = torch.where(covered, logits.argmax(dim=0), 0).to(torch.uint8).cpu().numpy()
-    return labels
+
+def labels_and_uncertainty(logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (T, H, W) uint8 and the normalised entropy of the class probabilities (T, H, W) float32 in
+    [0, 1] (0: one class is certain, 1: all equally likely) of blended logits (1, classes, T, H, W)."""
+    with torch.inference_mode():
+        # entr(p) = -p log p, 0 where p = 0 (a class ruled out): no NaN from 0 * log 0
+        entropy = torch.special.entr(torch.softmax(logits[0], dim=0)).sum(dim=0) / math.log(logits.shape[1])
+        labels = logits[0].argmax(dim=0).to(torch.uint8)
+        return labels.cpu().numpy(), entropy.clamp_(0.0, 1.0).cpu().numpy()
 
 
 def segment(
@@ -215,36 +258,46 @@ def segment(
     clock: StageClock,
     progress: ProgressCallback,
     cancel: threading.Event | None,
+    mirror: bool = False,
     skip_empty: bool = True,
     fit_box: bool = True,
     decoder: Callable | None = None,
-) -> np.ndarray:
-    """`sliding_window_labels` of a skill, with the backbone and the decoder timed apart, progress per window
-    batch, and a check for cancellation before each batch.
+) -> tuple[np.ndarray, np.ndarray]:
+    """`labels_and_uncertainty` of a skill's `sliding_window_logits`, with the backbone and the decoder timed
+    apart, progress per window batch, and a check for cancellation before each batch.
 
+    mirror: test-time augmentation: each window's logits are averaged with those of its left-right mirror
+        image (mirrored back), which doubles the work.
     skip_empty: decode only windows holding `prepared.occupied` voxels; fit_box: lay the windows over the box
-    fitted to them (both: `sliding_window_labels`). decoder: what decodes (crops, hidden states) -> logits,
-    e.g. a `cpu_runtime.RaceDecoder`; default the skill's own decoder.
-    """
+        fitted to them (both: `sliding_window_logits`).
+    decoder: what decodes (crops, hidden states) -> logits, e.g. a `cpu_runtime.RaceDecoder`; default the
+        skill's own decoder.
+    Returns labels (T, H, W) uint8 and uncertainty (T, H, W) float32 in [0, 1]."""
     occupied = prepared.occupied if skip_empty else None
     windows = decoded_windows(occupied, prepared.shape, window, overlap, fit_box)
     total = max(math.ceil(windows / sw_batch_size), 1)
     decoder = decoder or skill.decoder
     if hasattr(decoder, "plan"):
-        decoder.plan(windows)
+        decoder.plan(windows * (2 if mirror else 1))  # a mirrored window is decoded twice
     done = 0
+    left_right = 2 + prepared.axis_order.index("x")  # the patient's x axis (L) in crops (N, C, T, H, W)
+
+    def decode(crops: torch.Tensor) -> torch.Tensor:
+        _, hidden = clock.timed("backbone", skill.features, crops)
+        return clock.timed("head", decoder, crops, hidden)
 
     def predictor(crops: torch.Tensor) -> torch.Tensor:
         nonlocal done
         if cancel is not None and cancel.is_set():
             raise Cancelled
-        _, hidden = clock.timed("backbone", skill.features, crops)
-        logits = clock.timed("head", decoder, crops, hidden)
+        logits = decode(crops)
+        if mirror:
+            logits = (logits + decode(crops.flip(left_right)).flip(left_right)) / 2
         done += 1
         progress("inference", min(done / total, 1.0), f"{skill.name}: window batch {done} of {total}")
         return logits
 
-    return sliding_window_labels(
+    logits = sliding_window_logits(
         predictor,
         prepared.array,
         window,
@@ -255,6 +308,7 @@ def segment(
         occupied=occupied,
         fit_box=fit_box,
     )
+    return labels_and_uncertainty(logits)
 
 
 def prognose(

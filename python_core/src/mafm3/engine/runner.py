@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import SimpleITK as sitk
 import torch
 
 from mafm3 import __version__
@@ -21,11 +23,21 @@ from mafm3.engine.backbones import BackboneCache, LoadedBackbone, find_backbone
 from mafm3.engine.cpu_runtime import RaceDecoder
 from mafm3.engine.device import autocast_dtype, resolve_device
 from mafm3.engine.inference import SW_BATCH_SIZE, Cancelled, StageClock, classify, prognose, segment
+from mafm3.engine.quality import qc_flags
 from mafm3.errors import MAFM3Error
-from mafm3.imaging.preprocess import PreparedInput, PreprocessingConfig, labels_to_ct_grid, prepare_input
+from mafm3.imaging.measurements import measure_lesions
+from mafm3.imaging.postprocess import remove_false_positives
+from mafm3.imaging.preprocess import (
+    PreparedInput,
+    PreprocessingConfig,
+    labels_to_ct_grid,
+    model_array_to_ct_grid,
+    prepare_input,
+)
 from mafm3.imaging.study import Study, load_study
 from mafm3.progress import ProgressCallback, silent_progress
 from mafm3.results import ClassificationResult, PrognosisResult, SegmentationResult, StudyResult
+from mafm3.skills.manifest import PostprocessingConfig
 from mafm3.skills.packs import LoadedSkill, load_skill
 from mafm3.skills.registry import AvailableSkill, choose_skill, installed_and_shipped_skills
 from mafm3.skills.text_side import load_clip_text, load_text_encoder
@@ -218,7 +230,7 @@ class Engine:
             overlap = manifest.inference.get("overlap", 0.25) if request.overlap is None else request.overlap
             channels = prepared.array.shape[0]
             decoder = self._cpu_decoder(loaded, channels, dtype) if device.type == "cpu" else None
-            labels = segment(
+            labels, uncertainty = segment(
                 model,
                 prepared,
                 window,
@@ -229,15 +241,16 @@ class Engine:
                 clock=clock,
                 progress=progress,
                 cancel=cancel,
+                mirror=bool(manifest.inference.get("mirror_tta", False)),
                 skip_empty=not request.dense,
                 fit_box=not request.dense,
                 decoder=decoder,
             )
             if decoder is not None:
                 result.inputs["decoder"] = decoder.record()
-            on_ct = clock.timed("postprocess", labels_to_ct_grid, labels, prepared, study.ct)
-            segments = manifest.segments()
-            result.segmentation = SegmentationResult(on_ct, segments, manifest.id, manifest.version)
+            result.segmentation = clock.timed(
+                "postprocess", segmentation_on_ct, labels, uncertainty, prepared, study, manifest
+            )
             return
         _check_input_size(manifest, prepared)
         if manifest.task == "prognosis":
@@ -271,6 +284,8 @@ class Engine:
         *,
         overwrite: bool = False,
         dicom_seg: bool = False,
+        rtstruct: bool = False,
+        sr: bool = False,
         progress: ProgressCallback = silent_progress,
         cancel: threading.Event | None = None,
     ) -> tuple[StudyResult, list[Path]]:
@@ -281,20 +296,68 @@ class Engine:
         result, study = self.run(request, progress, cancel)
         if cancel is not None and cancel.is_set():
             raise Cancelled
-        if dicom_seg and study.sources.get("ct", {}).get("geometry", {}).get("regularised"):
+        requested = (("--dicom-seg", dicom_seg), ("--rtstruct", rtstruct), ("--sr", sr))
+        dicom_outputs = [flag for flag, wanted in requested if wanted]
+        if dicom_outputs and study.sources.get("ct", {}).get("geometry", {}).get("regularised"):
             raise MAFM3Error(
-                "A DICOM SEG must lie on the CT's own slices, but this CT series was resampled onto a "
-                "regular grid (see the warnings); drop --dicom-seg and use the .seg.nrrd or labels file."
+                "A DICOM SEG, RTSTRUCT or SR must lie on the CT's own slices, but this CT series was "
+                f"resampled onto a regular grid (see the warnings); drop {' and '.join(dicom_outputs)} and "
+                "use the .seg.nrrd or labels file."
             )
         progress("write", 0.0, f"writing {out_dir}")
         started = time.perf_counter()
-        ct_files = study.sources.get("ct", {}).get("files") if dicom_seg else None
+        ct_files = study.sources.get("ct", {}).get("files") if dicom_seg or rtstruct or sr else None
         files = write_outputs(
-            result, out_dir, study.ct, study.pet, ct_files, dicom_seg=dicom_seg, overwrite=overwrite
+            result,
+            out_dir,
+            study.ct,
+            study.pet,
+            ct_files,
+            dicom_seg=dicom_seg,
+            rtstruct=rtstruct,
+            sr=sr,
+            overwrite=overwrite,
         )
         result.timings_s["write"] = round(time.perf_counter() - started, 4)
         progress("write", 1.0, "done")
         return result, files
+
+
+def uncertainty_percent(uncertainty: sitk.Image) -> sitk.Image:
+    """A 0..1 uncertainty map as uint8 percent (rounded): 1 byte a voxel, and a file that compresses (float
+    entropy noise does not: 9 MB against a few hundred kB for the demo study)."""
+    return sitk.Cast(uncertainty * 100.0 + 0.5, sitk.sitkUInt8)
+
+
+def segmentation_on_ct(
+    labels: np.ndarray, uncertainty: np.ndarray, prepared: PreparedInput, study: Study, manifest
+) -> SegmentationResult:
+    """Model-space labels and uncertainty (T, H, W) -> the CT's grid; the skill's postprocessing, the lesion
+    measurements (with the PET's SUV when there is one) and the QC flags."""
+    labels_ct = labels_to_ct_grid(labels, prepared, study.ct)
+    uncertainty_ct = uncertainty_percent(model_array_to_ct_grid(uncertainty, prepared, study.ct, "linear"))
+    config = PostprocessingConfig.from_dict(manifest.postprocessing)
+    labels_ct, removed = remove_false_positives(
+        labels_ct,
+        min_component_ml=config.min_component_ml,
+        min_component_suv_max=config.min_component_suv_max,
+        suv=study.pet,
+    )
+    segments = manifest.segments()
+    result = SegmentationResult(
+        labels_ct,
+        segments,
+        manifest.id,
+        manifest.version,
+        uncertainty=uncertainty_ct,
+        measurements=measure_lesions(
+            labels_ct, [spec.label for spec in segments], study.ct, study.pet, uncertainty_ct
+        ),
+        postprocessing=config.to_dict(),
+        removed=[component.to_dict() for component in removed],
+    )
+    result.qc_flags = qc_flags(result, prepared.grid, study.clinical, study.checks.get("pet_ct_registration"))
+    return result
 
 
 def _check_input_size(manifest, prepared: PreparedInput) -> None:

@@ -259,15 +259,32 @@ def labels_to_ct_grid(labels: np.ndarray, prepared: PreparedInput, original_ct: 
     demo cohort: GTVp Dice 0.796 -> 0.805, GTVn aggregated 0.621 -> 0.640). Voxels outside the ROI box get
     0 (background). Returns a uint8 label image.
     """
-    if labels.shape != prepared.shape:
-        raise ValueError(f"`labels` has shape {labels.shape}, the model arrays are {prepared.shape}")
-    array_zyx = np.ascontiguousarray(labels.transpose(np.argsort(_to_model_axes(prepared.axis_order))))
-    on_box = prepared.grid.image_from_array(array_zyx.astype(np.uint8, copy=False))
+    on_box = _on_model_grid(labels.astype(np.uint8, copy=False), prepared)
     ct_grid = Grid.of(original_ct)
     cosines = np.abs(prepared.grid.matrix.T @ ct_grid.matrix)  # 1 where axes coincide
     if cosines.max(axis=0).min() > 1 - OBLIQUE_TOLERANCE:
         return resample_onto(on_box, original_ct, "nearest", 0)
-    return _labels_onto_oblique_grid(on_box, array_zyx, prepared.grid, ct_grid)
+    return _labels_onto_oblique_grid(on_box, sitk.GetArrayViewFromImage(on_box), prepared.grid, ct_grid)
+
+
+def model_array_to_ct_grid(
+    array: np.ndarray,
+    prepared: PreparedInput,
+    original_ct: sitk.Image,
+    interpolator: str,
+    default_value: float = 0.0,
+) -> sitk.Image:
+    """A continuous model-space map (T, H, W), e.g. the uncertainty, back onto the original CT's grid with
+    `interpolator` ("linear"), keeping its pixel type; voxels outside the ROI box get `default_value`."""
+    return resample_onto(_on_model_grid(array, prepared), original_ct, interpolator, default_value)
+
+
+def _on_model_grid(array: np.ndarray, prepared: PreparedInput) -> sitk.Image:
+    """A model-space array (T, H, W) as an image on the model grid (axes back to SimpleITK's (z, y, x))."""
+    if array.shape != prepared.shape:
+        raise ValueError(f"`array` has shape {array.shape}, the model arrays are {prepared.shape}")
+    array_zyx = np.ascontiguousarray(array.transpose(np.argsort(_to_model_axes(prepared.axis_order))))
+    return prepared.grid.image_from_array(array_zyx)
 
 
 def _labels_onto_oblique_grid(

@@ -150,7 +150,8 @@ def registration_check(ct: sitk.Image, pet: sitk.Image) -> tuple[dict, list[str]
     Measures: the shared fraction of their boxes (`validate_overlap`, which refuses below one half), and the
     agreement of their body outlines (`body_outline_fit`): the Dice where they are, and the shift of the PET
     that would fit its outline best to the CT's. A PET registered to its CT fits best where it is.
-    Returns: ({"overlap_fraction", "body_outline_dice", "best_fit_shift_mm"}, warnings).
+    Returns: ({"overlap_fraction", "body_outline_dice", "best_fit_shift_mm", "misregistered"}, warnings);
+    `misregistered` is true when either warning was given (the segmentation's QC flag reads it).
     """
     fraction = validate_overlap(ct, pet)
     warnings = []
@@ -171,6 +172,7 @@ def registration_check(ct: sitk.Image, pet: sitk.Image) -> tuple[dict, list[str]
         "overlap_fraction": round(fraction, 4),
         "body_outline_dice": round(dice, 4),
         "best_fit_shift_mm": [round(float(v), 1) for v in shift_mm],
+        "misregistered": bool(warnings),
     }
     return record, warnings
 

@@ -4,7 +4,10 @@
 |---|---|---|
 | `segmentation.seg.nrrd` | segmentation | `write_seg_nrrd` (slicerio; names, colours, SNOMED codes) |
 | `labels.nii.gz` | segmentation | `write_label_map` (uint8, CT grid) |
-| `segmentation.dcm` | segmentation, `dicom_seg=True` | `write_dicom_seg` (highdicom; DICOM CT input only) |
+| `uncertainty.nii.gz` | segmentation | `write_uncertainty_map` (normalised entropy, %, uint8, CT grid) |
+| `segmentation.dcm` | segmentation, `dicom_seg` or `sr` | `write_dicom_seg` (highdicom; DICOM CT only) |
+| `segmentation.rtstruct.dcm` | segmentation, `rtstruct=True` | `write_rtstruct` (pydicom; DICOM CT only) |
+| `report.sr.dcm` | `sr=True` | `write_structured_report` (TID 1500, highdicom; references the SEG) |
 | `prognosis.json` | prognosis | `write_prognosis_json` |
 | `report.html` | always | `write_report_html` |
 | `ct_overlay.png`, `petct_overlay.png` | always; PET/CT with a PET | `write_report_html` |
@@ -33,12 +36,22 @@ from mafm3.errors import MAFM3Error
 from mafm3.outputs.dicom_seg import write_dicom_seg
 from mafm3.outputs.json_io import write_prognosis_json, write_result_json
 from mafm3.outputs.report import write_report_html
-from mafm3.outputs.segmentation import label_statistics, write_label_map, write_seg_nrrd
+from mafm3.outputs.rtstruct import write_rtstruct
+from mafm3.outputs.segmentation import (
+    label_statistics,
+    write_label_map,
+    write_seg_nrrd,
+    write_uncertainty_map,
+)
+from mafm3.outputs.structured_report import write_structured_report
 from mafm3.results import StudyResult
 
 SEG_NRRD = "segmentation.seg.nrrd"
 LABEL_MAP = "labels.nii.gz"
+UNCERTAINTY_MAP = "uncertainty.nii.gz"
 DICOM_SEG = "segmentation.dcm"
+RTSTRUCT = "segmentation.rtstruct.dcm"
+STRUCTURED_REPORT = "report.sr.dcm"
 PROGNOSIS_JSON = "prognosis.json"
 RESULT_JSON = "result.json"
 
@@ -51,6 +64,7 @@ __all__ = [
     "write_report_html",
     "write_result_json",
     "write_seg_nrrd",
+    "write_uncertainty_map",
 ]
 
 
@@ -96,6 +110,8 @@ def _write_all(
     pet_image: sitk.Image | None,
     ct_dicom_paths: Sequence[str | Path] | None,
     dicom_seg: bool,
+    rtstruct: bool,
+    sr: bool,
 ) -> list[str]:
     """Write every output into `folder`; returns the file names, `result.json` last.
 
@@ -111,15 +127,28 @@ def _write_all(
                 pool.submit(write_seg_nrrd, segmentation, folder / SEG_NRRD),
                 pool.submit(write_label_map, segmentation, folder / LABEL_MAP),
             ]
-            if dicom_seg:
+            if segmentation.uncertainty is not None:
+                label_files.append(pool.submit(write_uncertainty_map, segmentation, folder / UNCERTAINTY_MAP))
+            if dicom_seg or sr:
                 label_files.append(
                     pool.submit(write_dicom_seg, segmentation, ct_dicom_paths, folder / DICOM_SEG)
+                )
+            if rtstruct:
+                label_files.append(
+                    pool.submit(write_rtstruct, segmentation, ct_dicom_paths, folder / RTSTRUCT)
                 )
         written = []
         if study.prognosis is not None:
             written.append(write_prognosis_json(study.prognosis, folder / PROGNOSIS_JSON, demo=study.demo))
         written += write_report_html(study, ct_image, pet_image, folder)
         written = [future.result() for future in label_files] + written
+    if sr:  # after the SEG it references
+        seg_path = folder / DICOM_SEG if segmentation is not None else None
+        written.append(
+            write_structured_report(
+                segmentation, study.prognosis, ct_dicom_paths, seg_path, folder / STRUCTURED_REPORT
+            )
+        )
     names = [path.name for path in written] + [RESULT_JSON]
     write_result_json(study, folder / RESULT_JSON, names)
     return names
@@ -150,22 +179,24 @@ def write_outputs(
     ct_dicom_paths: Sequence[str | Path] | None = None,
     *,
     dicom_seg: bool = False,
+    rtstruct: bool = False,
+    sr: bool = False,
     overwrite: bool = False,
 ) -> list[Path]:
     """Write all outputs of `study` into `out_dir`, all or nothing (see the folder policy above).
 
     ct_image: the input CT (HU); pet_image: the PET (SUV) on any grid; ct_dicom_paths: the CT's DICOM files,
-    needed only for `dicom_seg`. Returns the written files, `result.json` last.
+    needed only for `dicom_seg`, `rtstruct` and `sr` (which writes the SEG too, to reference it). Returns
+    the written files, `result.json` last.
 
     Raises:
         MAFM3Error: `out_dir` refused, DICOM SEG without a segmentation or a DICOM input, or a file-system
             error; `out_dir` is then as it was.
     """
     out_dir = check_output_dir(out_dir, overwrite=overwrite).absolute()
-    if dicom_seg and study.segmentation is None:
-        raise MAFM3Error(
-            "DICOM SEG needs a segmentation result; add a segmentation skill or drop --dicom-seg."
-        )
+    for wanted, name, flag in ((dicom_seg, "DICOM SEG", "--dicom-seg"), (rtstruct, "RTSTRUCT", "--rtstruct")):
+        if wanted and study.segmentation is None:
+            raise MAFM3Error(f"{name} needs a segmentation result; add a segmentation skill or drop {flag}.")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
@@ -175,7 +206,7 @@ def write_outputs(
             f"Cannot create the output folder {out_dir} ({error.strerror}); choose a writable --out folder."
         ) from error
     try:
-        names = _write_all(study, staging, ct_image, pet_image, ct_dicom_paths, dicom_seg)
+        names = _write_all(study, staging, ct_image, pet_image, ct_dicom_paths, dicom_seg, rtstruct, sr)
         _move_into_place(staging, out_dir, overwrite)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)

@@ -123,7 +123,7 @@ TYPE2_COPIED_ATTRIBUTES = (
 )
 
 
-def _with_type2_attributes(dataset: pydicom.Dataset) -> pydicom.Dataset:
+def with_type2_attributes(dataset: pydicom.Dataset) -> pydicom.Dataset:
     """`dataset` with each missing type-2 attribute the SEG copies set empty, as the standard allows."""
     for keyword in TYPE2_COPIED_ATTRIBUTES:
         if keyword not in dataset:
@@ -156,7 +156,7 @@ def write_dicom_seg(
     path = Path(path)
     label_statistics(result)
     source_images = [
-        _with_type2_attributes(dataset) for dataset in ct_slices_on_grid(ct_dicom_paths, result.labels)
+        with_type2_attributes(dataset) for dataset in ct_slices_on_grid(ct_dicom_paths, result.labels)
     ]
     segments = sorted(result.segments, key=lambda spec: spec.label)
     segment_number = np.zeros(256, dtype=np.uint8)  # label value -> segment number

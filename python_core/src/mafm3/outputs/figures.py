@@ -29,6 +29,7 @@ COLORBAR_BOX = (0.93, 0.18, 0.012, 0.64)  # left, bottom, width, height
 OUTLINE_PIXELS = 2  # a plane of up to 512 pixels is shown at about 400: a 1-pixel line would break up
 PET_MAX_ALPHA = 0.7
 _AIR_HU = -1024.0
+DAYS_PER_YEAR = 365.25  # as model.mtlr (not imported: the writers do not import torch)
 
 
 @dataclass(frozen=True)
@@ -189,16 +190,20 @@ def render_planes_png(
     return Path(path)
 
 
-def render_survival_png(prognosis: PrognosisResult, path: str | Path) -> Path:
-    """S(t) as a step plot over years, with the 1/2/3/5-year probabilities marked and labelled."""
-    years = np.asarray(prognosis.times_days, dtype=float) / 365.25
+def survival_figure(prognosis: PrognosisResult) -> Figure:
+    """S(t) over years as the curve the numbers come from: straight lines between the MTLR grid points
+    [0, t_1..t_K] (S is linear in between, as `model.mtlr.survival_at` reads S(1..5 y) off it), nothing
+    beyond t_K (not estimable), with the 1/2/3/5-year probabilities marked and labelled on it."""
+    years = np.asarray(prognosis.times_days, dtype=float) / DAYS_PER_YEAR
     survival = np.asarray(prognosis.survival, dtype=float)
     if years[0] > 0:  # S(0) = 1 by definition
         years, survival = np.concatenate([[0.0], years]), np.concatenate([[1.0], survival])
     figure = Figure(figsize=(7, 4.2), layout="constrained")
     axes = figure.subplots()
-    axes.step(years, survival, where="post", color="tab:blue", label="recurrence-free survival S(t)")
+    axes.plot(years, survival, color="tab:blue", label="recurrence-free survival S(t)")
     for year, probability in sorted(prognosis.survival_at_years.items()):
+        if np.isnan(probability):
+            continue
         axes.plot(year, probability, "o", color="tab:red")
         axes.annotate(
             f"{year} y: {probability:.0%}",
@@ -213,5 +218,10 @@ def render_survival_png(prognosis: PrognosisResult, path: str | Path) -> Path:
     axes.set_ylabel("probability free of recurrence")
     axes.set_title(f"Recurrence-free survival (risk group: {prognosis.risk_group})")
     axes.grid(alpha=0.3)
-    figure.savefig(path, dpi=100)
+    return figure
+
+
+def render_survival_png(prognosis: PrognosisResult, path: str | Path) -> Path:
+    """`survival_figure` saved as a PNG."""
+    survival_figure(prognosis).savefig(path, dpi=100)
     return Path(path)

@@ -3,9 +3,15 @@
 prognosis.json: {skill: {id, version}, risk, risk_group, survival_curve: {times_days, survival},
 survival_probability: {"1y", "2y", "3y", "5y"}, demo[, disclaimer]}.
 result.json: {mafm3_version, demo[, disclaimer], inputs, skills: [{task, id, version}], backbone, device,
-timings_s, peak_rss_gb, segmentation: {skill, segments, volumes_ml} | null, prognosis | null,
-classification: {skill, probabilities} | null, warnings: [one sentence each], outputs: [file names in the
-output folder]}.
+timings_s, peak_rss_gb, segmentation: {skill, segments, volumes_ml, qc_flags, postprocessing} | null,
+prognosis | null, classification: {skill, probabilities} | null, warnings: [one sentence each], outputs: [file
+names in the output folder]}.
+
+Each entry of `segmentation.segments` is the segment's definition (label, name, colour, codes) with its
+measurements (`imaging.measurements`: volume_ml, hu_mean, suv_max, suv_mean, suv_peak, mtv_ml, tlg,
+uncertainty_percent, centroid_lps, components: [the same per connected component]); SUV numbers are null
+without a PET, and an empty segment has volume_ml 0 and no components. `qc_flags`: [{code, message}];
+`postprocessing`: {rules: the skill's section, removed: [{label, volume_ml, suv_max, reason}]}.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mafm3 import __version__
-from mafm3.results import PrognosisResult, StudyResult
+from mafm3.results import PrognosisResult, SegmentationResult, SegmentMeasurements, StudyResult
 
 DEMO_DISCLAIMER = "demo — synthetic data, not for clinical use"
 
@@ -48,6 +54,29 @@ def write_prognosis_json(result: PrognosisResult, path: str | Path, *, demo: boo
     return _write_json(prognosis_record(result, demo=demo), path)
 
 
+def segment_records(segmentation: SegmentationResult) -> list[dict]:
+    """Each segment's definition merged with its measurements (an empty segment, or a result made without
+    measurements: its volume, other numbers null)."""
+    records, volumes = [], segmentation.volumes_ml()
+    for spec in segmentation.segments:
+        measured = segmentation.measurements.get(spec.label) or SegmentMeasurements(
+            volume_ml=volumes[spec.name], hu_mean=None
+        )
+        records.append(spec.to_dict() | measured.to_dict())
+    return records
+
+
+def segmentation_record(segmentation: SegmentationResult) -> dict:
+    """The `segmentation` section of result.json."""
+    return {
+        "skill": _skill(segmentation),
+        "segments": segment_records(segmentation),
+        "volumes_ml": segmentation.volumes_ml(),
+        "qc_flags": [flag.to_dict() for flag in segmentation.qc_flags],
+        "postprocessing": {"rules": segmentation.postprocessing, "removed": segmentation.removed},
+    }
+
+
 def result_record(study: StudyResult, output_files: Sequence[str] = ()) -> dict:
     """The run as written to `result.json`; `output_files` are names relative to the output folder."""
     tasks = {
@@ -64,13 +93,7 @@ def result_record(study: StudyResult, output_files: Sequence[str] = ()) -> dict:
         "device": study.device,
         "timings_s": study.timings_s,
         "peak_rss_gb": study.peak_rss_gb,
-        "segmentation": None
-        if segmentation is None
-        else {
-            "skill": _skill(segmentation),
-            "segments": [spec.to_dict() for spec in segmentation.segments],
-            "volumes_ml": segmentation.volumes_ml(),
-        },
+        "segmentation": None if segmentation is None else segmentation_record(segmentation),
         "prognosis": None if study.prognosis is None else study.prognosis.to_dict(),
         "classification": None
         if study.classification is None

@@ -25,7 +25,7 @@ from mafm3.outputs.figures import (
     render_planes_png,
     render_survival_png,
 )
-from mafm3.outputs.json_io import DEMO_DISCLAIMER
+from mafm3.outputs.json_io import DEMO_DISCLAIMER, segment_records
 from mafm3.results import SegmentationResult, StudyResult
 
 REPORT_HTML = "report.html"
@@ -64,22 +64,57 @@ def _swatch(color: tuple[float, float, float]) -> str:
     return f'<span class="swatch" style="background: rgb({rgb})"></span>'
 
 
-def _segmentation_section(segmentation: SegmentationResult) -> str:
-    volumes = segmentation.volumes_ml()
-    rows = [
-        [
-            _escape(spec.name),
-            str(spec.label),
-            _swatch(spec.color),
-            f"{volumes[spec.name]:.2f}",
-            _escape(f"{spec.type.meaning} ({spec.type.scheme} {spec.type.value})"),
-        ]
-        for spec in segmentation.segments
+MEASUREMENT_COLUMNS = (  # (header, field, format); SUV numbers are "—" without a PET
+    ("volume (ml)", "volume_ml", "{:.2f}"),
+    ("SUVmax", "suv_max", "{:.2f}"),
+    ("SUVmean", "suv_mean", "{:.2f}"),
+    ("SUVpeak", "suv_peak", "{:.2f}"),
+    ("MTV (ml)", "mtv_ml", "{:.2f}"),
+    ("TLG (g)", "tlg", "{:.1f}"),
+    ("HU mean", "hu_mean", "{:.0f}"),
+    ("uncertainty (%)", "uncertainty_percent", "{:.0f}"),
+)
+
+
+def _measurement_cells(record: dict) -> list[str]:
+    return [
+        "—" if record.get(key) is None else fmt.format(record[key]) for _, key, fmt in MEASUREMENT_COLUMNS
     ]
+
+
+def qc_flags_html(segmentation: SegmentationResult) -> str:
+    """The QC flags as a list, or a sentence saying there is none."""
+    if not segmentation.qc_flags:
+        return "<p>Quality control: no flag.</p>"
+    items = "".join(f"<li>{_escape(flag.message)}</li>" for flag in segmentation.qc_flags)
+    return f'<div class="flags"><b>Quality control</b><ul>{items}</ul></div>'
+
+
+def _segmentation_section(segmentation: SegmentationResult) -> str:
+    rows = []
+    for spec, record in zip(segmentation.segments, segment_records(segmentation), strict=True):
+        rows.append([_escape(spec.name), _swatch(spec.color), *_measurement_cells(record)])
+        if len(record["components"]) > 1:
+            for number, component in enumerate(record["components"], start=1):
+                where = "LPS ({:.0f}, {:.0f}, {:.0f}) mm".format(*component["centroid_lps"])
+                rows.append([_escape(f"{spec.name} {number} at {where}"), "", *_measurement_cells(component)])
+    removed = "".join(
+        "<li>{}</li>".format(_escape("label {label}: {volume_ml:.2f} ml, {reason}".format(**component)))
+        for component in segmentation.removed
+    )
+    postprocessing = (
+        f"<p>Postprocessing {_escape(segmentation.postprocessing)} removed:</p><ul>{removed}</ul>"
+        if removed
+        else ""
+    )
     skill = f"{segmentation.skill_id} {segmentation.skill_version}"
     return (
-        f"<section><h2>Segmentation</h2><p>Skill {_escape(skill)}.</p>"
-        + _table(["segment", "label", "colour", "volume (ml)", "type"], rows)
+        f"<section><h2>Segmentation</h2><p>Skill {_escape(skill)}. Measured on the CT grid; SUV from the PET "
+        "resampled onto it (SUVpeak: PERCIST 1 ml sphere centred in the lesion; MTV: the segmented volume; "
+        "TLG = SUVmean × MTV); one row per connected component below a segment with several.</p>"
+        + _table(["segment", "colour", *(header for header, _, _ in MEASUREMENT_COLUMNS)], rows)
+        + postprocessing
+        + qc_flags_html(segmentation)
         + "</section>"
     )
 
@@ -100,7 +135,9 @@ def _prognosis_section(study: StudyResult) -> str:
         f"risk group <b>{_escape(prognosis.risk_group)}</b>.</p>"
         + _table(["time", "probability free of recurrence (%)"], rows)
         + _figure(
-            SURVIVAL_FIGURE, "Predicted recurrence-free survival curve S(t) with the 1/2/3/5-year points."
+            SURVIVAL_FIGURE,
+            "Predicted recurrence-free survival S(t): linear between the model's time points, the same "
+            "function the table reads; not drawn beyond the last point, where it is not estimable.",
         )
         + "</section>"
     )

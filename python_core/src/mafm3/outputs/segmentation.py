@@ -110,3 +110,10 @@ def write_label_map(result: SegmentationResult, path: str | Path) -> Path:
     path = Path(path)
     label_statistics(result)
     return write_image(result.labels, path)
+
+
+def write_uncertainty_map(result: SegmentationResult, path: str | Path) -> Path:
+    """Write the uncertainty map (normalised entropy in percent, uint8, CT grid) as a compressed image."""
+    if result.uncertainty is None:
+        raise ValueError("the segmentation result has no uncertainty map")
+    return write_image(result.uncertainty, path)

@@ -12,7 +12,8 @@ Read without torch (the Slicer GUI lists skills from manifests alone). A pack fo
 | `description`, `preset` | one line; the preset the config came from, or null |
 | `config` | `SkillConfig.to_dict()`: LoRA, embedding, position copies, decoder / prognosis head, labels |
 | `preprocessing` | `PreprocessingConfig` manifest section (spacing, axis order, windows, ROI) |
-| `inference` | `window_voxels` + `overlap` (sliding window) or `input_voxels`, in model axes (T, H, W) |
+| `inference` | `window_voxels`, `overlap`, `mirror_tta` (sliding window) or `input_voxels`; axes (T, H, W) |
+| `postprocessing` | segmentation: false-positive removal (`imaging.postprocess`); absent or {} = none |
 | `outputs` | segmentation: `SegmentSpec` dicts (label, name, colour, SNOMED codes); else named outputs |
 | `backbone` | {"id", "sha256"} of the backbone weights file the skill was trained on |
 | `weights` | {"file": "weights.safetensors", "sha256"} |
@@ -42,6 +43,35 @@ VERSION_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z+-]*(\.[0-9A-Za-z+-]+)*")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
+@dataclass(frozen=True)
+class PostprocessingConfig:
+    """The `postprocessing` section of a segmentation skill's manifest, applied by the engine with
+    `imaging.postprocess.remove_false_positives` (which documents the two rules)."""
+
+    min_component_ml: float = 0.0
+    min_component_suv_max: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.min_component_ml >= 0:
+            raise ValueError(f"`min_component_ml` must be >= 0, got {self.min_component_ml}")
+        if self.min_component_suv_max is not None and not self.min_component_suv_max > 0:
+            raise ValueError(f"`min_component_suv_max` must be positive, got {self.min_component_suv_max}")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> PostprocessingConfig:
+        """From a manifest section; `ValueError` naming an unknown key."""
+        values = values or {}
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"unknown postprocessing key(s) {unknown}: use {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value not in (None, 0.0)}
+
+
 @dataclass
 class SkillManifest:
     id: str
@@ -59,6 +89,7 @@ class SkillManifest:
     preset: str | None = None
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    postprocessing: dict = field(default_factory=dict)
     demo: bool = False
     format: str = FORMAT
     mafm3_version: str = __version__
@@ -92,6 +123,12 @@ class SkillManifest:
             )
         if self.task == "segmentation":
             self.segments()  # refuses malformed segment specs
+        try:
+            PostprocessingConfig.from_dict(self.postprocessing)
+        except (TypeError, ValueError) as error:
+            raise MAFM3Error(
+                f"The {where} has an invalid `postprocessing` section ({error}); fix it."
+            ) from error
 
     @property
     def folder_name(self) -> str:

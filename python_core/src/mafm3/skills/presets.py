@@ -90,6 +90,7 @@ class Preset:
     outputs: list = field(default_factory=list)
     backbone: CTViTConfig = CTViTConfig()  # the encoder this preset is sized for
     demo: bool = False
+    postprocessing: dict = field(default_factory=dict)  # the manifest's `postprocessing` (segmentation)
 
 
 def _segmentation(channels: int, feature_size: int, rank: int) -> SkillConfig:
@@ -169,6 +170,9 @@ PRESETS: dict[str, Preset] = {
             _SEGMENTS,
             DEMO_BACKBONE,
             demo=True,
+            # Components under 0.1 ml (a 6 mm sphere, about the PET's resolution) are fragments no reader
+            # can call; measured held out before/after in the README.
+            postprocessing={"min_component_ml": 0.1},
         ),
         Preset(
             "demo-prognosis",
