@@ -36,7 +36,7 @@ def test_the_demo_study_command_is_make_study_with_seed_size_and_folder(tmp_path
 
 def test_the_skill_install_command_names_the_pack(tmp_path):
     args = parsed(skill_install_command(PYTHON, tmp_path / "seg.zip"))
-    assert (args.command, args.action, args.pack) == ("skill", "install", tmp_path / "seg.zip")
+    assert (args.command, args.action, args.pack) == ("skill", "install", str(tmp_path / "seg.zip"))
 
 
 def test_the_add_case_command_passes_every_file_and_the_case_id(tmp_path):
@@ -69,8 +69,9 @@ def test_a_failing_command_raises_the_cores_sentence_and_keeps_its_log(tmp_path)
     with pytest.raises(CommandError) as raised:
         run_command(mafm3_command(sys.executable, "skill", "install", tmp_path / "missing.zip"))
     assert str(raised.value) == (
-        f"{tmp_path / 'missing.zip'} is neither a skill pack folder nor a zip of one; "
-        "give the pack's folder or .zip."
+        f"{tmp_path / 'missing.zip'} is not a skill pack folder or .zip, "
+        "nor an installed or shipped skill id; give the pack's folder or .zip, "
+        "or an id that `mafm3 skill list` shows."
     )
     assert raised.value.log.startswith("mafm3 skill: error:")
 

@@ -147,7 +147,7 @@ def test_logic_lists_the_skill_packs_for_the_panel(mafm3_slicer, skills_home):
 def test_installing_a_pack_that_is_not_there_reports_the_cores_sentence(mafm3_slicer, tmp_path):
     from MAFM3SlicerLib.commands import CommandError
 
-    with pytest.raises(CommandError, match="is neither a skill pack folder nor a zip of one"):
+    with pytest.raises(CommandError, match="is not a skill pack folder or .zip, nor an installed or shipped"):
         mafm3_slicer.MAFM3SlicerLogic().installSkillPack(tmp_path / "pack.zip")
 
 

@@ -274,8 +274,8 @@ def resolve_pack(name_or_path: str | Path) -> Path:
         if folders:
             return max(folders, key=lambda folder: version_key(SkillManifest.read(folder).version))
     raise MAFM3Error(
-        f"{name_or_path} is neither a skill pack folder or zip nor an installed or shipped skill id; "
-        "`mafm3 skill list` shows the skills."
+        f"{name_or_path} is not a skill pack folder or .zip, nor an installed or shipped skill id; give the "
+        "pack's folder or .zip, or an id that `mafm3 skill list` shows."
     )
 
 
