@@ -173,3 +173,21 @@ def test_a_broken_input_is_refused_in_one_sentence_or_repaired_and_said(
         )
     elif entry.labels is not None:
         assert _gtvp_dice(labels, reference) >= entry.labels
+
+
+@pytest.mark.parametrize("flag", ["dicom_seg", "rtstruct", "sr"])
+def test_dicom_outputs_of_a_resampled_series_are_refused_before_any_inference(
+    flag, demo_study, engine, tmp_path, monkeypatch
+):
+    """A DICOM SEG, RTSTRUCT or SR must lie on the CT's own slices; a series with a missing slice is
+    resampled, so asking for one is refused after reading the study and before the model runs."""
+    fields = broken.missing_slices(1)(demo_study, tmp_path)
+
+    def no_inference(*args, **kwargs):
+        raise AssertionError("the skills ran although the request could not be written")
+
+    monkeypatch.setattr(Engine, "run", no_inference)
+    with pytest.raises(MAFM3Error, match="must lie on the CT's own slices") as refusal:
+        engine.run_and_write(_request(fields), tmp_path / "out", **{flag: True})
+    assert "\n" not in str(refusal.value)
+    assert not (tmp_path / "out").exists()

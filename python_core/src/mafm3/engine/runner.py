@@ -293,17 +293,23 @@ class Engine:
         from mafm3.outputs import check_output_dir, write_outputs
 
         check_output_dir(out_dir, overwrite=overwrite)
-        result, study = self.run(request, progress, cancel)
-        if cancel is not None and cancel.is_set():
-            raise Cancelled
+        read_started = time.perf_counter()
+        study = self.load(request, progress)
+        read_s = time.perf_counter() - read_started
         requested = (("--dicom-seg", dicom_seg), ("--rtstruct", rtstruct), ("--sr", sr))
         dicom_outputs = [flag for flag, wanted in requested if wanted]
         if dicom_outputs and study.sources.get("ct", {}).get("geometry", {}).get("regularised"):
+            # refused before any inference: the user should not wait for a result that cannot be written
             raise MAFM3Error(
                 "A DICOM SEG, RTSTRUCT or SR must lie on the CT's own slices, but this CT series was "
                 f"resampled onto a regular grid (see the warnings); drop {' and '.join(dicom_outputs)} and "
                 "use the .seg.nrrd or labels file."
             )
+        result, study = self.run(request, progress, cancel, study=study)
+        result.timings_s["read"] = round(read_s, 4)
+        result.timings_s["total"] = round(result.timings_s["total"] + read_s, 4)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled
         progress("write", 0.0, f"writing {out_dir}")
         started = time.perf_counter()
         ct_files = study.sources.get("ct", {}).get("files") if dicom_seg or rtstruct or sr else None
