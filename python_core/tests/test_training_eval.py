@@ -190,10 +190,21 @@ def test_eval_takes_a_shipped_skill_id_and_names_the_cases_it_skipped(tmp_path, 
     monkeypatch.setenv("MAFM3_HOME", str(tmp_path / "home"))  # nothing installed: the id is a shipped one
     ids = write_cohort(2, 5, tmp_path / "cohort", "tiny")
     (tmp_path / "cohort" / "labelsTr" / f"{ids[1]}.nii.gz").unlink()
-    out = tmp_path / "metrics.json"
+    out = tmp_path / "results" / "metrics.json"  # a folder that does not exist yet is made
     command = ["eval", "--dataset", str(tmp_path / "cohort"), "--skill", "demo-seg-petct", "--out", str(out)]
     assert main([*command, *EVAL[:-1]]) == 0
     summary = json.loads(out.read_text())
     assert summary["skill"]["id"] == "demo-seg-petct" and summary["metrics"]["n_cases"] == 1
     assert summary["skipped_cases"] == [{"case_id": ids[1], "reason": "no label file"}]
     assert f"skipped 1 case(s): {ids[1]} (no label file)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("out", ["a_folder", "a_file/metrics.json"])
+def test_eval_refuses_an_out_it_cannot_write_before_evaluating_anything(out, tmp_path, capsys):
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file").write_text("not a folder")
+    command = ["eval", "--dataset", str(tmp_path / "no-such-dataset"), "--skill", "demo-seg-petct"]
+    assert main([*command, "--out", str(tmp_path / out)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "Traceback" not in error
+    assert ("is a folder" if out == "a_folder" else "cannot be written") in error  # not the dataset's error

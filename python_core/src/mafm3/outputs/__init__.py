@@ -85,15 +85,33 @@ def check_output_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
         )
     # The staging folder is made beside `out_dir`, so its parent (or the nearest folder that exists) must be
     # writable; an existing `out_dir` is replaced by a rename, which needs the same permission.
-    existing = next(folder for folder in out_dir.absolute().parents if folder.exists())
+    _check_writable_beside(out_dir, "folder")
+    return out_dir
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Refuse an output file `path` that is a folder or cannot be written (its nearest existing folder is not
+    writable); call it before the work. Missing folders above it are made when it is written.
+
+    Raises:
+        MAFM3Error: with the sentence to show the user.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise MAFM3Error(f"The output path {path} is a folder; give --out a file name, such as {path}.json.")
+    _check_writable_beside(path, "file")
+    return path
+
+
+def _check_writable_beside(path: Path, kind: str) -> None:
+    existing = next(folder for folder in path.absolute().parents if folder.exists())
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".mafm3-write-check-", dir=existing))
     except OSError as error:
         raise MAFM3Error(
-            f"The output folder {out_dir} cannot be written ({existing}: {error.strerror}); "
-            "choose a writable --out folder."
+            f"The output {kind} {path} cannot be written ({existing}: {error.strerror}); "
+            f"choose a writable --out {kind}."
         ) from error
-    return out_dir
 
 
 def _apply_umask(folder: Path) -> None:

@@ -71,9 +71,11 @@ def evaluate(
     """Evaluate `skill` (pack folder or zip, installed id, or baseline folder) on `dataset`; write the JSON
     summary to `out` and the per-case CSV beside it. Returns the summary. dense: every window of the whole
     ROI box decoded (`RunRequest.dense`) instead of only those holding body or uptake."""
+    from mafm3.outputs import check_output_file
     from mafm3.skills.packs import opened_pack, verify_pack
     from mafm3.training.baseline import is_baseline
 
+    check_output_file(out)
     cohort = load_cohort(dataset)
     with opened_pack(resolve_pack(skill)) as folder:
         if is_baseline(folder):

@@ -300,6 +300,7 @@ def bootstrap_ci(
 def write_metrics(path: str | Path, summary: Mapping, per_case: Sequence[Mapping]) -> tuple[Path, Path]:
     """Write `summary` as JSON (NaN as null) and `per_case` rows as `<stem>_per_case.csv` beside it."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     table = path.with_name(f"{path.stem}_per_case.csv")
     path.write_text(json.dumps(_nan_to_none(summary), indent=2, allow_nan=False) + "\n")
     columns = list(dict.fromkeys(name for row in per_case for name in row))
