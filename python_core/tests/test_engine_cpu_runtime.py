@@ -8,6 +8,7 @@ Oracle: the PyTorch decoder itself on the same windows, fp32; tolerance `LOGIT_T
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -52,6 +53,21 @@ def test_openvino_agrees_with_pytorch_within_tolerance_on_other_sizes_than_trace
         assert ours.shape == reference.shape
         difference = float((ours - reference).abs().max())
         assert difference <= LOGIT_TOLERANCE, difference
+
+
+def test_converting_the_decoder_sends_no_telemetry_and_writes_nothing_in_home(decoder, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    telemetry = pytest.importorskip("openvino_telemetry")
+    sent = []
+    monkeypatch.setattr(telemetry.main.TelemetrySender, "send", lambda self, *args: sent.append(args))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where the telemetry keeps its consent and client id
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("MAFM3_HOME", str(tmp_path / "mafm3"))
+    monkeypatch.delenv("CI", raising=False)
+    OpenVinoDecoder(decoder, channels=2, dim=DIM, dtype=None)
+    assert sent == []
+    assert list((tmp_path / "home").iterdir()) == []
+    assert "CI" not in os.environ  # the variable the converter's telemetry reads is put back
 
 
 def test_the_race_decodes_one_batch_each_then_keeps_the_faster(decoder, tmp_path, monkeypatch):

@@ -103,6 +103,7 @@ def cached_ir(decoder: nn.Module, channels: int, dim: int) -> Path:
     tokens = TRACE_CROP // 16
     hidden = [torch.zeros(1, tokens, tokens, tokens, dim) for _ in range(4)]
     shapes = [ov.PartialShape([-1, channels, -1, -1, -1])] + [ov.PartialShape([-1, -1, -1, -1, dim])] * 4
+    withhold_converter_telemetry()
     with torch.no_grad(), warnings.catch_warnings():
         # the shape checks the tracer warns about hold for every window (the batch and sizes stay dynamic)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -114,6 +115,30 @@ def cached_ir(decoder: nn.Module, channels: int, dim: int) -> Path:
     partial.replace(path)
     log.info("converted the decoder to OpenVINO in %.1f s: %s", time.perf_counter() - started, path)
     return path
+
+
+def withhold_converter_telemetry() -> None:
+    """Make OpenVINO's model converter send nothing. Called from code, `convert_model` reports usage to an
+    analytics service unless a consent file in the user's home says no (openvino-telemetry); a clinical tool
+    makes no network calls, and asks no one to edit their home folder. The converter's telemetry is a
+    process-wide singleton (`Telemetry(app_name="OVC")`): it is created here the way the telemetry package
+    itself treats CI runs (declined, nothing written to disk), and its consent is withdrawn in case it
+    existed.
+    """
+    try:
+        from openvino.tools.ovc.telemetry_utils import init_ovc_telemetry
+    except ImportError:  # a converter without telemetry
+        return
+    previous = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        telemetry = init_ovc_telemetry()
+    finally:
+        if previous is None:
+            del os.environ["CI"]
+        else:
+            os.environ["CI"] = previous
+    telemetry.consent = False
 
 
 class RaceDecoder:
