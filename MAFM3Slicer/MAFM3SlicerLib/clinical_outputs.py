@@ -20,7 +20,7 @@ from pathlib import Path
 
 from MAFM3SlicerLib.commands import mafm3_command, run_command, worker_python
 from MAFM3SlicerLib.errors import PanelError
-from MAFM3SlicerLib.result_nodes import _fill_table, _result_node
+from MAFM3SlicerLib.result_nodes import fill_table, result_node
 from MAFM3SlicerLib.training_case import write_label_map
 from MAFM3SlicerLib.volume_files import read_volume
 
@@ -75,7 +75,7 @@ def import_measurements(record: Mapping, ct_node):
     """The CT's measurement table node, filled from `record` (None when the run segmented nothing)."""
     if record.get("segmentation") is None:
         return None
-    table = _result_node(
+    table = result_node(
         ct_node.GetScene(),
         "vtkMRMLTableNode",
         ROLE_MEASUREMENTS,
@@ -83,7 +83,7 @@ def import_measurements(record: Mapping, ct_node):
         None,
         f"{ct_node.GetName()} lesions",
     )
-    _fill_table(table, MEASUREMENT_COLUMNS, measurement_rows(record))
+    fill_table(table, MEASUREMENT_COLUMNS, measurement_rows(record))
     for column, _, unit in MEASUREMENT_FIELDS:
         table.SetColumnUnitLabel(column, unit)
     table.SetColumnDescription("SUVpeak", "mean SUV in the 1 ml sphere with the highest mean (PERCIST)")
@@ -99,7 +99,7 @@ def import_uncertainty(out_dir: str | Path, ct_node):
         return None
     scene = ct_node.GetScene()
     fresh = read_volume(path, scene, f"{ct_node.GetName()} uncertainty")
-    node = _result_node(scene, "vtkMRMLScalarVolumeNode", ROLE_UNCERTAINTY, ct_node, None, fresh.GetName())
+    node = result_node(scene, "vtkMRMLScalarVolumeNode", ROLE_UNCERTAINTY, ct_node, None, fresh.GetName())
     if node is not fresh:
         node.SetAndObserveImageData(fresh.GetImageData())
         node.CopyOrientation(fresh)

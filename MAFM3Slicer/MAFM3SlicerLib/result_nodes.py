@@ -312,9 +312,9 @@ def import_prognosis(prognosis: Mapping, ct_node) -> PrognosisNodes:
         "Demo": "yes" if prognosis.get("demo") else "no",
     }
     ct_name = ct_node.GetName()
-    table = _result_node(scene, "vtkMRMLTableNode", ROLE_PROGNOSIS, ct_node, None, f"{ct_name} prognosis")
+    table = result_node(scene, "vtkMRMLTableNode", ROLE_PROGNOSIS, ct_node, None, f"{ct_name} prognosis")
     rows = [old for old in table_rows(table) if old.get("Skill") != skill_id] + [row]
-    _fill_table(table, PROGNOSIS_COLUMNS, rows)
+    fill_table(table, PROGNOSIS_COLUMNS, rows)
     table.SetColumnDescription("Risk score", "higher means recurrence is expected earlier")
     for years in SURVIVAL_YEARS:
         table.SetColumnDescription(f"S({years} y)", f"probability of no recurrence {years} year(s) after")
@@ -324,10 +324,10 @@ def import_prognosis(prognosis: Mapping, ct_node) -> PrognosisNodes:
     survival = [float(value) for value in curve["survival"]]
     if years and years[0] > 0:  # S(0) = 1 by definition
         years, survival = [0.0, *years], [1.0, *survival]
-    curve_table = _result_node(
+    curve_table = result_node(
         scene, "vtkMRMLTableNode", ROLE_SURVIVAL_CURVE, ct_node, skill_id, f"{ct_name} S(t) {skill_id}"
     )
-    _fill_table(
+    fill_table(
         curve_table,
         CURVE_COLUMNS,
         [{TIME_COLUMN: t, SURVIVAL_COLUMN: s} for t, s in zip(years, survival, strict=True)],
@@ -335,7 +335,7 @@ def import_prognosis(prognosis: Mapping, ct_node) -> PrognosisNodes:
     curve_table.SetColumnUnitLabel(TIME_COLUMN, "year")
     curve_table.SetColumnDescription(SURVIVAL_COLUMN, "probability of no recurrence by that time")
 
-    series = _result_node(
+    series = result_node(
         scene, "vtkMRMLPlotSeriesNode", ROLE_SURVIVAL_SERIES, ct_node, skill_id, f"S(t) {skill_id}"
     )
     series.SetAndObserveTableNodeID(curve_table.GetID())
@@ -345,7 +345,7 @@ def import_prognosis(prognosis: Mapping, ct_node) -> PrognosisNodes:
     series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
     series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
 
-    chart = _result_node(
+    chart = result_node(
         scene,
         "vtkMRMLPlotChartNode",
         ROLE_SURVIVAL_CHART,
@@ -370,7 +370,7 @@ def _number(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def _result_node(scene, class_name: str, role: str, ct_node, skill_id: str | None, name: str):
+def result_node(scene, class_name: str, role: str, ct_node, skill_id: str | None, name: str):
     """The scene's result node with this role for this CT (and skill), or a new one."""
     nodes = scene.GetNodesByClass(class_name)
     for index in range(nodes.GetNumberOfItems()):
@@ -389,7 +389,7 @@ def _result_node(scene, class_name: str, role: str, ct_node, skill_id: str | Non
     return node
 
 
-def _fill_table(table_node, columns, rows: list[Mapping]) -> None:
+def fill_table(table_node, columns, rows: list[Mapping]) -> None:
     """Replace a table node's contents: one column per (name, type) of `columns`, one row per mapping."""
     table = vtk.vtkTable()
     for name, kind in columns:
