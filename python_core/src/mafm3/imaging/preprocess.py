@@ -38,7 +38,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from mafm3.imaging.resample import OBLIQUE_TOLERANCE, Grid, resample_onto
-from mafm3.imaging.roi import ct_body_centre, pet_uptake_centre, roi_grid
+from mafm3.imaging.roi import BODY_HU, ct_body_centre, pet_uptake_centre, roi_grid
 from mafm3.imaging.study import Study
 from mafm3.imaging.validation import require_pet
 from mafm3.progress import ProgressCallback, silent_progress
@@ -49,7 +49,7 @@ ROI_METHODS = ("auto", "pet", "ct", "none")
 OUTSIDE_VALUE = {"ct": -1024.0, "pet": 0.0}  # air for CT, no uptake for PET
 # Where there is something to find (`PreparedInput.occupied`): tissue denser than lung and air (the body
 # threshold of `roi.ct_body_centre`), or PET above background soft tissue (tumours and nodes take up more).
-OCCUPIED_ABOVE = {"ct": -500.0, "pet": 1.0}  # HU, SUV
+OCCUPIED_ABOVE = {"ct": BODY_HU, "pet": 1.0}  # HU, SUV
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ import SimpleITK as sitk
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.resample import Grid
 
+BODY_HU = -500.0  # the patient's body on a CT: above this (air and lungs below, soft tissue above)
+
 
 def pet_uptake_centre(
     pet: sitk.Image, superior_fraction: float = 0.25, percentile: float = 95.0
@@ -40,7 +42,7 @@ def pet_uptake_centre(
 
 
 def ct_body_centre(
-    ct: sitk.Image, superior_fraction: float = 0.25, body_hu: float = -500.0, working_spacing_mm: float = 4.0
+    ct: sitk.Image, superior_fraction: float = 0.25, body_hu: float = BODY_HU, working_spacing_mm: float = 4.0
 ) -> np.ndarray:
     """CT-only fallback: centroid of the body in the superior part of the body.
 

@@ -15,6 +15,7 @@ from scipy import ndimage, signal
 
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.resample import Grid, resample_onto
+from mafm3.imaging.roi import BODY_HU
 
 if TYPE_CHECKING:
     from mafm3.imaging.study import Study
@@ -29,7 +30,6 @@ PET_NEGATIVE_TOLERANCE_SUV = 0.5  # reconstruction noise can dip slightly below 
 MIN_OVERLAP_FRACTION = 0.5
 WARN_OVERLAP_FRACTION = 0.8  # PET and CT of one PET/CT acquisition share (nearly) all of the smaller box
 MAX_NON_FINITE_FRACTION = 0.01  # up to 1 % NaN/inf voxels are masked (with a warning); more are refused
-BODY_HU = -500.0  # the CT body: above this, holes (airway, lungs) filled
 BODY_SUV = 0.1  # the PET body: smoothed uptake above this (fat and lung take up 0.2-0.5 SUV, air 0)
 BODY_SMOOTHING_MM = 4.0  # PET noise smoothing before the body threshold
 BODY_WORKING_SPACING_MM = 4.0
