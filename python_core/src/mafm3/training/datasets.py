@@ -37,7 +37,7 @@ import numpy as np
 
 from mafm3.clinical import ClinicalRecord
 from mafm3.errors import MAFM3Error
-from mafm3.files import atomic_write
+from mafm3.files import atomic_write, file_sha256
 
 LABEL_VALUES = frozenset({0, 1, 2})  # background, GTVp, GTVn
 GRID_TOLERANCE = 1e-4  # mm (spacing, origin) and direction-cosine units
@@ -79,6 +79,14 @@ class Case:
 
     def files(self) -> list[Path]:
         return [path for path in (self.ct, self.pet, self.label) if path is not None]
+
+    def content_sha256(self) -> str:
+        """Hex sha256 of the case's content: the sha256 of each image file's bytes (CT, PET, label), tagged
+        with its role. Unlike the case id it tells two cases apart that share an id (another site or release
+        of a cohort) and recognises a case copied under another name; re-encoding a file changes it."""
+        roles = {"ct": self.ct, "pet": self.pet, "label": self.label}
+        listing = {role: file_sha256(path) for role, path in roles.items() if path is not None}
+        return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

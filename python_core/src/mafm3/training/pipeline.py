@@ -137,8 +137,11 @@ def _train(options: TrainOptions, ranks: Ranks, progress: ProgressCallback) -> T
         "n_train": len(train_cases),
         "n_val": len(val_cases),
         "n_test": len(fold.test_ids),
+        # What `mafm3 eval` compares to tell the cases this pack saw (training and validation) by content.
+        "case_content_sha256": {case.case_id: case.content_sha256() for case in train_cases + val_cases},
         "hyperparameters": hyperparameters,
         "seed": options.seed,
+        "recipe": options.recipe,
         "code_version": __version__,
         "backbone": model.backbone,
         "iterations": result.step,
