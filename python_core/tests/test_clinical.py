@@ -63,3 +63,50 @@ def test_a_clinical_file_in_another_encoding_is_refused_in_one_sentence(tmp_path
         MAFM3Error, match=r"is not UTF-8 text \(byte 0xfc at position 37\): save it as UTF-8\.$"
     ):
         ClinicalRecord.from_json(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "given", "stored"),
+    [
+        ("tnm_edition", 7, 7), ("tnm_edition", "8", 8), ("tnm_edition", 8.0, 8), ("tnm_edition", "7th", 7),
+        ("tnm_edition", "8th edition", 8),
+        ("tnm_group", "IVA", "IVA"), ("tnm_group", "stage ivb", "IVB"), ("tnm_group", "4a", "IVA"),
+        ("tnm_group", "3", "III"), ("tnm_group", "II", "II"), ("tnm_group", 4, "IV"), ("tnm_group", "0", "0"),
+    ],
+)  # fmt: skip
+def test_tnm_edition_and_group_are_normalised(field, given, stored):
+    assert getattr(ClinicalRecord.from_dict({field: given}), field) == stored
+
+
+@pytest.mark.parametrize(
+    ("field", "given", "expected"),
+    [
+        ("tnm_edition", 6, "must be 7 or 8 (the TNM edition), got 6."),
+        ("tnm_edition", "9th", "must be 7 or 8 (the TNM edition), got '9th'."),
+        ("tnm_edition", True, "must be 7 or 8 (the TNM edition), got True."),
+        ("tnm_group", "IIIA", "must be a stage group (0, I, II, III, IV, IVA, IVB, IVC), got 'IIIA'."),
+        ("tnm_group", "V", "must be a stage group (0, I, II, III, IV, IVA, IVB, IVC), got 'V'."),
+        ("tnm_group", "IVD", "must be a stage group (0, I, II, III, IV, IVA, IVB, IVC), got 'IVD'."),
+        ("report", 12, "must be text, got int."),
+    ],
+)
+def test_bad_tnm_fields_and_reports_are_refused_in_one_sentence(field, given, expected):
+    with pytest.raises(MAFM3Error) as refusal:
+        ClinicalRecord.from_dict({field: given})
+    assert str(refusal.value) == f"Clinical field `{field}` {expected}"
+
+
+def test_a_report_comes_from_the_json_or_a_text_file(tmp_path):
+    path = tmp_path / "clinical.json"
+    path.write_text(json.dumps({"age": 61, "report": "  Patient Information: 61-year-old male.  "}))
+    record = ClinicalRecord.from_json(path)
+    assert record.report == "Patient Information: 61-year-old male."
+    report = tmp_path / "report.txt"
+    report.write_bytes("Bericht: Tumor im Oropharynx.\n".encode("utf-16"))
+    assert record.with_report(report).report == "Bericht: Tumor im Oropharynx."
+    assert record.with_report(report).age == 61.0
+    (tmp_path / "empty.txt").write_text(" \n")
+    with pytest.raises(MAFM3Error, match=r"report file .*empty.txt is empty: write the patient's report"):
+        record.with_report(tmp_path / "empty.txt")
+    with pytest.raises(MAFM3Error, match=r"Cannot read the report file .*missing.txt \(.*\): check the path"):
+        record.with_report(tmp_path / "missing.txt")

@@ -290,3 +290,39 @@ def test_an_existing_case_is_kept_unless_overwrite_and_other_rows_and_columns_su
     assert cohort.select(["MDA-002"])[0].rfs_days == 1200.5
     with open(hecktor / "hecktor2022_clinical_info_training.csv", newline="") as file:
         assert next(csv.reader(file)) == CLINICAL_HEADER  # HECKTOR's extra column "Task 1" is kept
+
+
+def test_tnm_edition_and_group_columns_and_a_reports_csv_reach_the_clinical_record(hecktor):
+    path = hecktor / "hecktor2022_clinical_info_training.csv"
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    for row, edition, group in zip(rows, ("7", "8th", "", ""), ("IVA", "Stage II", "", ""), strict=True):
+        row.update({"TNM edition": edition, "TNM group": group})
+    write_csv(path, rows)
+    # The authors' CSV: PatientID, other columns, and the report in `text`; a patient without text is skipped.
+    reports = hecktor / "reports.csv"
+    write_csv(
+        reports,
+        [
+            {"index": "0", "PatientID": "CHUM-001", "text": "Patient Information: 61-year-old male. "},
+            {"index": "1", "PatientID": "MDA-002", "text": ""},
+        ],
+    )
+    cohort = load_cohort(hecktor)
+    chum, mda, p7 = cohort.cases
+    assert (chum.clinical.tnm_edition, chum.clinical.tnm_group) == (7, "IVA")
+    assert (mda.clinical.tnm_edition, mda.clinical.tnm_group) == (8, "II")
+    reported = cohort.with_reports(reports)
+    assert reported.cases[0].clinical == ClinicalRecord(
+        **{**chum.clinical.to_dict(), "report": "Patient Information: 61-year-old male."}
+    )
+    assert reported.cases[1:] == cohort.cases[1:]
+    write_csv(reports, [{"PatientID": "CHUM-001", "summary": "..."}])
+    with pytest.raises(MAFM3Error, match=r"reports CSV .* has no `text` \(or `report`\) column: add one"):
+        cohort.with_reports(reports)
+    rows[0]["TNM group"] = "IIIB"
+    write_csv(path, rows)
+    with pytest.raises(
+        MAFM3Error, match=r"patient CHUM-001: Clinical field `tnm_group` must be a stage group"
+    ):
+        load_cohort(hecktor)

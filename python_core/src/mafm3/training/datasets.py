@@ -9,7 +9,8 @@ HECKTOR 2022 layout (what `read_hecktor` reads and `add_case` writes):
     DIR/*endpoint*.csv             PatientID, Relapse (0/1), RFS (days)
     DIR/*clinical*.csv             PatientID, CenterID, Gender (M/F), Age, Weight, Tobacco, Alcohol,
                                    Performance status, HPV status (0=-, 1=+), Surgery, Chemotherapy
-                                   (0/1 codes), optional T-stage, N-stage, M-stage; empty/NaN/NA = missing
+                                   (0/1 codes), optional T-stage, N-stage, M-stage, TNM edition (7/8),
+                                   TNM group (the MAFM3 paper's CSV names); empty/NaN/NA = missing
 
 Headers are matched case-insensitively. The cases are the IDs with a CT in imagesTr plus the IDs of the
 endpoint CSV (each must have its CT); clinical rows of patients without images are ignored. The centre is the
@@ -55,7 +56,18 @@ _CLINICAL_COLUMNS = {  # HECKTOR 2022 clinical CSV header -> ClinicalRecord fiel
     "T-stage": "t_stage",
     "N-stage": "n_stage",
     "M-stage": "m_stage",
+    "TNM edition": "tnm_edition",
+    "TNM group": "tnm_group",
 }
+_TEXT_FIELDS = (
+    "sex",
+    "t_stage",
+    "n_stage",
+    "m_stage",
+    "tnm_edition",
+    "tnm_group",
+)  # parsed by ClinicalRecord
+REPORT_COLUMNS = ("text", "report")  # the report column of a --reports CSV (the authors' CSV calls it `text`)
 _FIELD_OF_HEADER = {header.lower(): field for header, field in _CLINICAL_COLUMNS.items()}
 _CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -126,6 +138,19 @@ class Cohort:
 
     def with_endpoints(self) -> Cohort:
         return replace(self, cases=tuple(c for c in self.cases if c.has_endpoint))
+
+    def with_reports(self, path: str | Path) -> Cohort:
+        """The cohort with each case's report from the CSV `path` (`read_reports`) in its clinical record;
+        cases the CSV does not name keep theirs."""
+        reports = read_reports(path)
+
+        def reported(case: Case) -> Case:
+            if case.case_id not in reports:
+                return case
+            values = {**(case.clinical or ClinicalRecord()).to_dict(), "report": reports[case.case_id]}
+            return replace(case, clinical=ClinicalRecord.from_dict(values))
+
+        return replace(self, cases=tuple(reported(case) for case in self.cases))
 
     def check_files(self) -> None:
         missing = [path for case in self.cases for path in case.files() if not path.is_file()]
@@ -269,6 +294,23 @@ def _read_rows(path: Path) -> dict[str, dict[str, str]]:
     return {row["patientid"]: row for row in rows if row["patientid"]}
 
 
+def read_reports(path: str | Path) -> dict[str, str]:
+    """PatientID -> report text of a CSV with a PatientID column and a `text` (or `report`) column, such as
+    the authors' `TNM_hector_prompts.csv`; empty cells are left out."""
+    path = Path(path)
+    if not path.is_file():
+        raise MAFM3Error(f"The reports CSV {path} does not exist: check the path.")
+    rows = _read_rows(path)
+    if not rows:
+        raise MAFM3Error(f"The reports CSV {path} holds no patient: add one row per case id.")
+    column = next((name for name in REPORT_COLUMNS if name in next(iter(rows.values()))), None)
+    if column is None:
+        raise MAFM3Error(
+            f"The reports CSV {path} has no `text` (or `report`) column: add one with each patient's report."
+        )
+    return {case_id: row[column] for case_id, row in rows.items() if row[column]}
+
+
 def _read_endpoints(path: Path | None) -> dict[str, tuple[float | None, bool | None]]:
     """PatientID -> (RFS in days, relapse); missing cells give None."""
     endpoints = {}
@@ -284,7 +326,7 @@ def _clinical_record(row: dict[str, str], case_id: str, path: Path | None) -> Cl
     for header, cell in row.items():
         field = _FIELD_OF_HEADER.get("hpv status (0=-, 1=+)" if header.startswith("hpv") else header)
         if field and cell.lower() not in _MISSING:
-            values[field] = cell if field in ("sex", "t_stage", "n_stage", "m_stage") else _number(cell)
+            values[field] = cell if field in _TEXT_FIELDS else _number(cell)
     if not values:
         return None
     try:
