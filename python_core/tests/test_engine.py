@@ -308,3 +308,15 @@ def test_the_engine_skips_empty_windows_over_a_fitted_box_unless_asked_for_dense
     body_voxels = (sitk.GetArrayFromImage(ct) > -500).sum()
     assert [flags[:2] for flags in seen] == [(True, True), (False, False)]
     assert seen[0][2] > body_voxels  # the body, resampled onto the finer model grid, is what is occupied
+
+
+def test_a_report_file_joins_the_clinical_record_of_the_study(study_files, tmp_path):
+    _, ct_path, clinical = study_files
+    report = tmp_path / "report.txt"
+    report.write_text("Patient Information and Clinical Summary: 61-year-old.\n")
+    study = engine().load(RunRequest(ct=str(ct_path), clinical=str(clinical), report=str(report)))
+    assert study.clinical.report == "Patient Information and Clinical Summary: 61-year-old."
+    assert (study.clinical.age, study.clinical.t_stage) == (61.0, "T2")  # the JSON's fields stay
+    assert study.sources["report"] == str(report)
+    alone = engine().load(RunRequest(ct=str(ct_path), report=str(report)))
+    assert alone.clinical.report == study.clinical.report and alone.clinical.age is None

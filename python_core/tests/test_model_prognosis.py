@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -151,3 +152,30 @@ def test_report_prognosis_skill_embeds_the_report_with_the_text_tower(tmp_path):
     blind = build_skill_model(config, backbone, "blind")
     with pytest.raises(MAFM3Error, match="lacks; import a CT-CLIP checkpoint with its text side"):
         blind.encode_clinical([FULL])
+
+
+def test_a_skill_trained_on_reports_reads_the_records_own_report_pooled_as_its_config_says(tmp_path):
+    backbone = small_backbone()
+    _, tower = tiny_text_tower(tmp_path / "tok", hidden=16)
+    head = PrognosisConfig(
+        adapter_dim=8,
+        fusion_hidden=8,
+        fusion_out=4,
+        num_time_bins=2,
+        report_source="supplied",
+        text_pooling="mean_with_padding",
+    )
+    config = SkillConfig(task="prognosis", prognosis=head).for_backbone(backbone.config.dim, text_dim=16)
+    skill = build_skill_model(config, backbone, "authors", text_encoder=tower)
+    record = replace(FULL, report="lung nodule is present .")
+    encoded = skill.encode_clinical([record])
+    assert torch.equal(encoded, tower([record.report], pooling="mean_with_padding"))
+    assert not torch.allclose(encoded, tower([record.report]))
+    with pytest.raises(MAFM3Error, match="trained on each patient's own report text: give it as `report`"):
+        skill.encode_clinical([FULL])
+
+
+def test_the_template_names_tnm_edition_and_group_only_when_recorded():
+    staged = clinical_report(replace(FULL, tnm_edition=8, tnm_group="IVA"))
+    assert "TNM Staging (8th edition): T4a, N2b, M0, stage group IVA." in staged
+    assert "TNM Staging: T4a, N2b, M0." in clinical_report(FULL)

@@ -124,3 +124,13 @@ def test_skill_info_reports_a_preset_as_json(capsys):
 def test_unknown_preset_is_refused_with_the_known_names(capsys):
     assert main(["skill", "info", "--preset", "hecktor-seg-mri"]) == 1
     assert "There is no skill preset 'hecktor-seg-mri'; use one of hecktor-seg-ct" in capsys.readouterr().err
+
+
+def test_the_authors_prognosis_preset_has_the_paper_counts_in_skill_info(capsys):
+    assert main(["skill", "info", "--preset", "hecktor-prognosis-authors", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["trainable_parameters"] == EXPECTED["prognosis"]["trainable_total"] == 1_816_716
+    assert report["trainable_by_part"] == parameter_counts(get_preset("hecktor-prognosis"))
+    head = report["config"]["prognosis"]
+    assert (head["report_source"], head["text_pooling"]) == ("supplied", "mean_with_padding")
+    assert (head["bin_scheme"], head["risk_score"]) == ("km_quantiles", "cumulative_hazard")

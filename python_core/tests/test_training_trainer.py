@@ -180,6 +180,32 @@ def test_prognosis_time_bins_come_from_the_training_cases_alone(lab, tmp_path):
     assert manifest.metrics == {} and "no inner validation cases" in manifest.training["selection"]
 
 
+def test_the_authors_recipe_cuts_bins_at_observed_follow_up_times_and_scores_cumulative_hazard(lab, tmp_path):
+    with open(next(lab.cohort.glob("*endpoint*.csv")), newline="") as file:
+        rfs = {row["PatientID"]: float(row["RFS"]) for row in csv.DictReader(file)}
+    out = tmp_path / "authors"
+    options = dict(val_fraction=0.0, iterations=None, epochs=1, batch_size=2, recipe="authors")
+    train(train_options(lab, "prognosis", out, **options))
+    manifest = verify_pack(out)
+    head = manifest.config["prognosis"]
+    assert (head["bin_scheme"], head["risk_score"]) == ("km_quantiles", "cumulative_hazard")
+    assert manifest.training["recipe"] == "authors"
+    train_times = {rfs[case_id] for case_id in manifest.training["split"]["folds"][0]["train_ids"]}
+    bins = manifest.training["time_bins_days"]
+    # pycox's rule: every cut is an observed follow-up time (censorings too), the last the longest one.
+    assert set(bins) <= train_times and bins[-1] == max(train_times) and bins == sorted(bins)
+    assert head["num_time_bins"] == len(bins) <= NUM_TIME_BINS - 1
+
+
+def test_reports_are_refused_for_a_tabular_skill_and_for_segmentation(lab, tmp_path):
+    reports = tmp_path / "reports.csv"
+    reports.write_text("PatientID,text\nX,report\n")
+    with pytest.raises(MAFM3Error, match="--reports feeds the report encoder, and .* reads tabular clinical"):
+        train(train_options(lab, "prognosis", tmp_path / "p", reports=reports))
+    with pytest.raises(MAFM3Error, match="--reports gives prognosis skills their report text; drop it"):
+        train_options(lab, "segmentation", tmp_path / "s", reports=reports)
+
+
 def test_only_the_skills_own_parameters_reach_the_optimiser(lab):
     backbone = load_backbone(lab.backbone["path"])
     config = SkillConfig.from_dict(preset_values("segmentation")["config"])

@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pet-series", metavar="UID", help="SeriesInstanceUID of the PET when the DICOM folder holds several"
     )
     parser.add_argument("--clinical", help="clinical record as JSON (fields in mafm3.clinical)")
+    parser.add_argument(
+        "--report",
+        metavar="FILE",
+        help="the patient's report as a text file, for prognosis skills trained on reports (--reports); "
+        "replaces the clinical JSON's `report`",
+    )
     parser.add_argument("--skill", nargs="+", default=[], metavar="ID", help="run these skills by id")
     parser.add_argument(
         "--task",
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         ct=args.ct,
         pet=args.pet,
         clinical=args.clinical,
+        report=args.report,
         skills=args.skill,
         tasks=args.task,
         overlap=args.overlap,

@@ -89,6 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="ours",
         help="training recipe: ours (default, corrected) or the authors' (README: Reproducing the paper)",
     )
+    parser.add_argument(
+        "--reports",
+        type=Path,
+        metavar="CSV",
+        help="prognosis: each patient's report text (PatientID and `text` columns, like the authors' "
+        "TNM_hector_prompts.csv), read by the report encoder instead of the template of the clinical record",
+    )
     parser.add_argument("--seed", type=int, default=42, help="seed of the initialisation and the data draws")
     parser.add_argument("--resume", action="store_true", help="continue the run checkpointed in <out>.work")
     parser.add_argument(

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 import torch
 
 from mafm3 import __version__
+from mafm3.clinical import ClinicalRecord
 from mafm3.engine.backbones import BackboneCache, LoadedBackbone, find_backbone
 from mafm3.engine.cpu_runtime import RaceDecoder
 from mafm3.engine.device import autocast_dtype, resolve_device
@@ -46,7 +47,8 @@ from mafm3.tasks import TASKS
 
 @dataclass
 class RunRequest:
-    """What to run on one study. Paths are files or DICOM folders; `clinical` is a JSON file.
+    """What to run on one study. Paths are files or DICOM folders; `clinical` is a JSON file; `report` a text
+    file with the patient's report, put in the clinical record (for skills trained on supplied reports).
 
     skills: explicit skill ids (each runs its own task); empty -> one skill per task in `tasks`, chosen from
     the images at hand (the PET/CT skill when a PET is given, else the CT skill).
@@ -60,6 +62,7 @@ class RunRequest:
     ct: str
     pet: str | None = None
     clinical: str | None = None
+    report: str | None = None
     skills: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=lambda: ["segmentation"])
     overlap: float | None = None
@@ -160,7 +163,7 @@ class Engine:
     # -- running ------------------------------------------------------------------------------------------
 
     def load(self, request: RunRequest, progress: ProgressCallback = silent_progress) -> Study:
-        return load_study(
+        study = load_study(
             request.ct,
             request.pet,
             request.clinical,
@@ -170,6 +173,10 @@ class Engine:
             pet_series_uid=request.pet_series_uid,
             progress=progress,
         )
+        if request.report is not None:
+            study.clinical = (study.clinical or ClinicalRecord()).with_report(request.report)
+            study.sources["report"] = str(request.report)
+        return study
 
     def run(
         self,

@@ -1,11 +1,16 @@
 """Prognosis head (method-spec §2.5): pooled image tokens + a clinical encoding -> adapters -> fusion -> MTLR.
 
-Two clinical encoders, both built from the same `ClinicalRecord` fields:
+Two clinical encoders, both built from the same `ClinicalRecord`:
 
 - "tabular": a fixed feature vector, with an explicit missing-indicator for every field (no outside weights);
-- "report": a deterministic text report of the record, embedded by CT-CLIP's frozen BERT (masked mean
-  pooling).
-  The authors used an LLM-written report (unknown LLM); a template keeps the input reproducible.
+- "report": a text report embedded by CT-CLIP's frozen BERT. The text is a deterministic template of the
+  record's fields (`report_source` "template", ours: reproducible, the authors' LLM is unknown) or the
+  record's own `report` (`report_source` "supplied", e.g. the authors' LLM-written `text` column). Pooling:
+  mean over the real tokens ("masked_mean", ours) or, as the authors, padded to 512 tokens and averaged over
+  every position, padding included ("mean_with_padding", method-spec G10).
+
+How the MTLR time bins are cut and how risk is scored (`bin_scheme`, `risk_score`, `mafm3.model.mtlr`) are
+stored with the head too, so inference reads the skill as it was trained.
 """
 
 from __future__ import annotations
@@ -17,9 +22,19 @@ import torch
 from torch import nn
 
 from mafm3.clinical import ClinicalRecord
-from mafm3.model.mtlr import DAYS_PER_YEAR, MTLR, risk_score, survival_at, survival_curve
+from mafm3.model.mtlr import (
+    BIN_SCHEMES,
+    DAYS_PER_YEAR,
+    MTLR,
+    RISK_SCORES,
+    risk_score,
+    survival_at,
+    survival_curve,
+)
+from mafm3.model.text import POOLINGS
 
 CLINICAL_ENCODERS = ("tabular", "report")
+REPORT_SOURCES = ("template", "supplied")
 RISK_GROUPS = ("low", "intermediate", "high")
 SURVIVAL_YEARS = (1, 2, 3, 5)
 
@@ -107,11 +122,14 @@ def clinical_report(record: ClinicalRecord) -> str:
         stage or f"{prefix} stage not recorded"
         for stage, prefix in ((record.t_stage, "T"), (record.n_stage, "N"), (record.m_stage, "M"))
     )
+    # Edition and group are named only when recorded, so records without them read as they always did.
+    edition = "" if record.tnm_edition is None else f" ({record.tnm_edition}th edition)"
+    group = "" if record.tnm_group is None else f", stage group {record.tnm_group}"
     return (
         "Patient Information and Clinical Summary: "
         f"{age}, {weight}; {', '.join(habits)}; {status}. "
         f"Head and neck cancer, {hpv}. Treatment: {', '.join(treatment)}. "
-        f"TNM Staging: {stages}."
+        f"TNM Staging{edition}: {stages}{group}."
     )
 
 
@@ -126,12 +144,24 @@ class PrognosisConfig:
     fusion_hidden: int = 512
     fusion_out: int = 128
     num_time_bins: int = 12  # K, the MTLR bin boundaries; set to the number of fitted boundaries
+    report_source: str = (
+        "template"  # "report" encoder: "template" of the fields or the record's "supplied" text
+    )
+    text_pooling: str = "masked_mean"  # "report" encoder: "masked_mean" or "mean_with_padding" (the authors')
+    bin_scheme: str = "event_quantiles"  # or "km_quantiles" (the authors', pycox): `mafm3.model.mtlr`
+    risk_score: str = "sum_neg_log_survival"  # or "cumulative_hazard" (the authors'): `mafm3.model.mtlr`
 
     def __post_init__(self) -> None:
-        if self.clinical_encoder not in CLINICAL_ENCODERS:
-            raise ValueError(
-                f"`clinical_encoder` must be one of {CLINICAL_ENCODERS}, got {self.clinical_encoder!r}"
-            )
+        choices = {
+            "clinical_encoder": CLINICAL_ENCODERS,
+            "report_source": REPORT_SOURCES,
+            "text_pooling": tuple(p for p in POOLINGS if p != "cls"),
+            "bin_scheme": BIN_SCHEMES,
+            "risk_score": RISK_SCORES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("image_dim", "text_dim", "adapter_dim", "fusion_hidden", "fusion_out", "num_time_bins"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}")
@@ -202,7 +232,7 @@ class PrognosisHead(nn.Module):
         """
         if torch.isnan(self.time_bins_days).any():
             raise ValueError("the prognosis head has no fitted time bins: train it or load its weights first")
-        risk = risk_score(logits)
+        risk = risk_score(logits, self.config.risk_score)
         survival = survival_curve(logits)
         years = torch.tensor(SURVIVAL_YEARS, dtype=torch.float32, device=logits.device)
         at_years = survival_at(survival, self.time_bins_days, years * DAYS_PER_YEAR)

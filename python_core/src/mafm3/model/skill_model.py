@@ -248,17 +248,32 @@ class PrognosisSkill(SkillModel):
         object.__setattr__(self, "text_encoder", text_encoder)  # shared and frozen, not a submodule
         self.head = PrognosisHead(config.prognosis).to(_device_of(backbone))
 
-    def encode_clinical(self, records: list[ClinicalRecord]) -> torch.Tensor:
-        """B clinical records -> (B, F): tabular features, or the BERT embedding of the generated report."""
+    def encode_clinical(self, records: list[ClinicalRecord], text_dropout: bool = False) -> torch.Tensor:
+        """B clinical records -> (B, F): tabular features, or the BERT embedding of the report (the template
+        of the record or its supplied `report`, pooled as the config says). text_dropout: BERT's dropout on
+        (the authors' training)."""
+        config = self.config.prognosis
         device = self.head.mtlr.linear.weight.device
-        if self.config.prognosis.clinical_encoder == "tabular":
+        if config.clinical_encoder == "tabular":
             return torch.tensor([tabular_features(r) for r in records], dtype=torch.float32, device=device)
         if self.text_encoder is None:
             raise MAFM3Error(
                 f"Skill {self.name} reads the clinical record as a report with CT-CLIP's text encoder, which "
                 "this backbone lacks; import a CT-CLIP checkpoint with its text side (CT-CLIP_v2.pt has it)."
             )
-        return self.text_encoder([clinical_report(r) for r in records], pooling="masked_mean").to(device)
+        texts = [self.report_text(record) for record in records]
+        return self.text_encoder(texts, pooling=config.text_pooling, dropout=text_dropout).to(device)
+
+    def report_text(self, record: ClinicalRecord) -> str:
+        """The text the "report" encoder reads for `record`: its template, or its supplied report."""
+        if self.config.prognosis.report_source == "template":
+            return clinical_report(record)
+        if not record.report:
+            raise MAFM3Error(
+                f"Skill {self.name} was trained on each patient's own report text: give it as `report` in "
+                "the clinical JSON (or `mafm3 run --report FILE`, `--reports CSV` for train and eval)."
+            )
+        return record.report
 
     def forward(self, x: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
         """x: (B, C, T, H, W) CT; clinical: (B, F) from `encode_clinical`. Returns logits (B, K + 1)."""

@@ -1,7 +1,8 @@
 """CT-CLIP's text tower: a HuggingFace BERT (CXR-BERT shape) and its WordPiece tokenizer, always frozen.
 
 Shared by the classification skill (CLS token, CLIP's pooling) and the report-based prognosis encoder (mean of
-the last hidden states over real tokens; the authors also averaged [PAD] positions, method-spec §6 G10).
+the last hidden states over real tokens; or, as the authors, every text padded to `max_length` tokens and
+the mean taken over all positions, [PAD] included: method-spec §6 G10).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-POOLINGS = ("cls", "masked_mean")
+POOLINGS = ("cls", "masked_mean", "mean_with_padding")
 
 
 class TextEncoder(nn.Module):
@@ -32,21 +33,30 @@ class TextEncoder(nn.Module):
         return self
 
     @torch.no_grad()
-    def forward(self, texts: list[str], pooling: str = "masked_mean") -> torch.Tensor:
+    def forward(self, texts: list[str], pooling: str = "masked_mean", dropout: bool = False) -> torch.Tensor:
         """texts: B strings, truncated to `max_length` tokens. Returns (B, hidden) float32.
 
         pooling "cls": the [CLS] position of the last layer (CT-CLIP's text latent input);
-        "masked_mean": the mean over the real (non-padding) tokens.
+        "masked_mean": the mean over the real (non-padding) tokens; "mean_with_padding" (the authors'):
+        padded to `max_length` tokens, the mean over all of them.
+        dropout: run BERT in train mode (its dropout on, weights still frozen), as the authors' training did.
         """
         if pooling not in POOLINGS:
             raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}")
         device = self.bert.embeddings.word_embeddings.weight.device
+        padding = "max_length" if pooling == "mean_with_padding" else "longest"
         batch = self.tokenizer(
-            list(texts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+            list(texts), padding=padding, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(device)
-        hidden = self.bert(**batch).last_hidden_state  # (B, L, hidden)
+        self.bert.train(dropout)
+        try:
+            hidden = self.bert(**batch).last_hidden_state  # (B, L, hidden)
+        finally:
+            self.bert.eval()
         if pooling == "cls":
             return hidden[:, 0]
+        if pooling == "mean_with_padding":
+            return hidden.mean(1)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
 

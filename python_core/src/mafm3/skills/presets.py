@@ -5,7 +5,11 @@
 | `hecktor-seg-ct` | 6,236,667 | 16³ CT embedding, LoRA r 8 (spatial), position copies, UNETR decoder |
 | `hecktor-seg-petct` | 8,349,371 | the same with a 2-channel (CT, PET) embedding and a PET skip encoder |
 | `hecktor-prognosis` | 1,816,716 | LoRA r 2 (spatial + temporal), report encoder, adapters, MTLR 12 bins |
+| `hecktor-prognosis-authors` | 1,816,716 | the same, as the authors: own reports, 512-token mean, KM bins |
 | `ctclip-zeroshot` | 0 | CT-CLIP's own zero-shot classification over the 18 CT-RATE abnormalities |
+
+`hecktor-prognosis-authors` reads each patient's own report (`--reports`), padded to 512 tokens and averaged
+with the padding, and cuts its MTLR bins and scores risk as pycox and torchmtlr do (`mafm3.model.mtlr`).
 
 `hecktor-prognosis` puts LoRA on the temporal attention too, as the authors' `main_lora.py` does (20,480
 of its parameters); the MAFM³ feature path never runs the temporal stage, so those adapters stay at B = 0
@@ -134,6 +138,26 @@ PRESETS: dict[str, Preset] = {
                 task="prognosis",
                 lora=LoraSpec(rank=2, alpha=32.0, dropout=0.2, stages=("spatial", "temporal")),
                 prognosis=PrognosisConfig(clinical_encoder="report"),
+            ),
+            ("CT",),
+            _CT,
+            {"input_voxels": [240, 480, 480]},
+            _PROGNOSIS_OUTPUTS,
+        ),
+        Preset(
+            "hecktor-prognosis-authors",
+            "Recurrence-free survival from CT and each patient's own report, the authors' configuration "
+            "(train with --recipe authors --reports CSV)",
+            SkillConfig(
+                task="prognosis",
+                lora=LoraSpec(rank=2, alpha=32.0, dropout=0.2, stages=("spatial", "temporal")),
+                prognosis=PrognosisConfig(
+                    clinical_encoder="report",
+                    report_source="supplied",
+                    text_pooling="mean_with_padding",
+                    bin_scheme="km_quantiles",
+                    risk_score="cumulative_hazard",
+                ),
             ),
             ("CT",),
             _CT,

@@ -66,8 +66,11 @@ def build_model(
             encoder.config.dim, text_dim=text_encoder.hidden_size if needs_text else None
         )
         if config.task == "prognosis":
-            bins = prognosis.training_time_bins(train_cases, config.prognosis.num_time_bins)
-            config = replace(config, prognosis=replace(config.prognosis, num_time_bins=bins.numel()))
+            head = config.prognosis
+            head = prognosis.authors_recipe(head) if options.recipe == "authors" else head
+            head = prognosis.with_reports(head, source.skill_id, options.reports is not None)
+            bins = prognosis.training_time_bins(train_cases, head)
+            config = replace(config, prognosis=replace(head, num_time_bins=bins.numel()))
         skill = build_skill_model(config, encoder, source.skill_id, text_encoder=text_encoder).to(device)
         if config.task == "prognosis":
             skill.head.set_time_bins(bins.to(device))

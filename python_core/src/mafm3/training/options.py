@@ -70,10 +70,13 @@ class TrainOptions:
     val_every: int | None = None  # iterations
     cache: Path | None = None  # default <MAFM3_HOME>/cache
     recipe: str = "ours"  # one of mafm3.tasks.RECIPES
+    reports: Path | None = None  # prognosis: CSV of case id -> report text, read instead of the template
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise MAFM3Error(f"Unknown --recipe {self.recipe!r}: use {' or '.join(RECIPES)}.")
+        if self.reports is not None and self.task != "prognosis":
+            raise MAFM3Error("--reports gives prognosis skills their report text; drop it for segmentation.")
         if self.class_ratios is not None:
             if self.task != "segmentation":
                 raise MAFM3Error("--class-ratios places segmentation crops; drop it when training prognosis.")

@@ -74,6 +74,8 @@ def _train(options: TrainOptions, ranks: Ranks, progress: ProgressCallback) -> T
     out, work = Path(options.out), WorkFolder(options.out)
     _check_output(out, work, options.resume)
     cohort = load_cohort(options.dataset)
+    if options.reports is not None:
+        cohort = cohort.with_reports(options.reports)
     cases = list(cohort.labelled() if task == "segmentation" else cohort.with_endpoints())
     if not cases:
         wanted = "label maps" if task == "segmentation" else "endpoints (RFS, relapse)"
@@ -99,6 +101,8 @@ def _train(options: TrainOptions, ranks: Ranks, progress: ProgressCallback) -> T
 
     seed_everything(options.seed)
     model = build_model(options, source, train_cases, ranks.device, dtype)
+    if task == "prognosis" and model.skill is not None:
+        prognosis.check_reports(train_cases + val_cases, model.skill.config.prognosis)
     train_data, val_data = _cached_cases(options, source.preset, train_cases, val_cases)
     for data in (train_data, val_data):
         if data is not None:
@@ -210,7 +214,10 @@ def _task(
     """The segmentation or prognosis task of `model` on the cached cases."""
     common = {"batch_size": batch_size, "ranks": ranks, "dtype": dtype, "seed": options.seed}
     if options.task == "prognosis":
-        return prognosis.PrognosisTask(model.network, train_data, val_data, **common)
+        text_dropout = options.recipe == "authors"
+        return prognosis.PrognosisTask(
+            model.network, train_data, val_data, text_dropout=text_dropout, **common
+        )
     preprocessing = PreprocessingConfig.from_dict(preset.preprocessing)
     return segmentation.SegmentationTask(
         model.network,
