@@ -17,6 +17,7 @@ from mafm3.training.metrics import (
     hd95_mm,
     image_case_metrics,
     integrated_brier_score,
+    lifelines_c_index,
     prognosis_summary,
     segmentation_case_metrics,
     segmentation_summary,
@@ -121,6 +122,25 @@ def test_c_index_of_a_hand_counted_example_with_censoring_and_tied_risks():
     assert harrell_c_index(EVENT, TIME, risk) == pytest.approx(5.5 / 7)
     # A survival-like score (higher = longer survival) passed as risk gives 1 - C: the lifelines trap.
     assert harrell_c_index(EVENT, TIME, -risk) == pytest.approx(1.5 / 7)
+
+
+def test_the_two_harrell_c_counts_differ_only_on_risks_tied_within_1e_8():
+    # (days, event, risk). Comparable pairs (an event before a later time, or before a censoring at the same
+    # time): A-B, A-C, A-D, A-E, B-C (B's event, C censored the same day), B-D, B-E, E-D: 8.
+    # Concordant (higher risk first): A-B, A-C, A-D, A-E, B-D, B-E = 6. E-D: exactly equal risks, 1/2 in both.
+    # B-C: C's risk is 5e-9 above B's: scikit-survival calls it a tie (1/2), lifelines a discordant pair (0).
+    time = [1, 2, 2, 3, 2.5]
+    event = [True, True, False, False, True]
+    risk = [0.9, 0.5, 0.5 + 5e-9, 0.2, 0.2]
+    assert harrell_c_index(event, time, risk) == pytest.approx((6 + 0.5 + 0.5) / 8)
+    assert lifelines_c_index(event, time, risk) == pytest.approx((6 + 0.5) / 8)
+    assert math.isnan(lifelines_c_index([False, False], [1, 2], [0.1, 0.2]))
+    summary = prognosis_summary(
+        event, time, risk, train_event=event, train_time_days=time, times_days=[1.5, 2.2], n_resamples=10
+    )
+    assert summary["harrell_c"] == pytest.approx(7 / 8)
+    assert summary["harrell_c_lifelines"] == pytest.approx(6.5 / 8)
+    assert set(summary["harrell_c_definitions"]) == {"harrell_c", "harrell_c_lifelines"}
 
 
 def test_uno_c_without_censoring_equals_harrell_c():

@@ -36,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="decode every window of the ROI box, also those with only air and no PET uptake",
     )
+    parser.add_argument(
+        "--reports",
+        type=Path,
+        metavar="CSV",
+        help="prognosis: each patient's report text (PatientID and `text` columns), for skills trained "
+        "with --reports",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
@@ -54,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             precision=args.precision,
             dense=args.dense,
+            reports=args.reports,
             n_resamples=args.bootstrap,
             progress=progress,
         )
@@ -79,9 +87,9 @@ def _lines(summary: dict, out: Path) -> str:
         ci = metrics["harrell_c_ci"]
         brier = metrics.get("integrated_brier_score", math.nan)
         lines.append(
-            f"Harrell's C {metrics['harrell_c']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}], "
-            f"Uno's C {metrics['uno_c']:.3f}, mean td-AUC {metrics['time_dependent_auc']['mean']:.3f}, "
-            f"IBS {brier:.3f}"
+            f"Harrell's C {metrics['harrell_c']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}] (scikit-survival; "
+            f"lifelines' count {metrics['harrell_c_lifelines']:.3f}), Uno's C {metrics['uno_c']:.3f}, "
+            f"mean td-AUC {metrics['time_dependent_auc']['mean']:.3f}, IBS {brier:.3f}"
         )
     skipped = summary.get("skipped_cases") or []
     if skipped:

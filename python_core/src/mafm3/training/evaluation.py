@@ -8,8 +8,9 @@ sliding window and mapping back to the CT grid.
 
 Metrics are computed on the original label grid (`training.metrics`): segmentation, Dice per class (GTVp,
 GTVn) without background, the HECKTOR aggregated Dice and HD95 in mm with the empty-mask policy; prognosis,
-Harrell's C (risk sign as scikit-survival expects), Uno's C, time-dependent AUC and the integrated Brier
-score, with bootstrap intervals. Writes `<out>` (JSON) and `<out stem>_per_case.csv` beside it.
+Harrell's C (risk sign as scikit-survival expects; also as lifelines counts it), Uno's C, time-dependent
+AUC and the integrated Brier score, with bootstrap intervals. Writes `<out>` (JSON) and
+`<out stem>_per_case.csv` beside it.
 
 `fold=K` evaluates the test cases of fold K of the split recorded in the pack's provenance, and only when the
 pack was trained on fold K; without it, every usable case of the dataset is evaluated, and the summary says
@@ -64,19 +65,23 @@ def evaluate(
     device: str = "auto",
     precision: str = "auto",
     dense: bool = False,
+    reports: str | Path | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
     progress: ProgressCallback = silent_progress,
 ) -> dict:
     """Evaluate `skill` (pack folder or zip, installed id, or baseline folder) on `dataset`; write the JSON
     summary to `out` and the per-case CSV beside it. Returns the summary. dense: every window of the whole
-    ROI box decoded (`RunRequest.dense`) instead of only those holding body or uptake."""
+    ROI box decoded (`RunRequest.dense`) instead of only those holding body or uptake. reports: a CSV of
+    each patient's report (`Cohort.with_reports`), for prognosis skills trained on reports."""
     from mafm3.outputs import check_output_file
     from mafm3.skills.packs import opened_pack, verify_pack
     from mafm3.training.baseline import is_baseline
 
     check_output_file(out)
     cohort = load_cohort(dataset)
+    if reports is not None:
+        cohort = cohort.with_reports(reports)
     with opened_pack(resolve_pack(skill)) as folder:
         if is_baseline(folder):
             manifest, predict = _baseline_predictor(folder, device, precision, dense)

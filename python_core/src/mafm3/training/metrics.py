@@ -11,8 +11,10 @@ Segmentation, per class (GTVp, GTVn; background is never a class, unlike the aut
 Arrays are label maps in SimpleITK's array order (z, y, x); spacings are given in that order too, i.e.
 `image.GetSpacing()[::-1]`.
 
-Prognosis: `risk` is higher for an earlier event (the sign scikit-survival expects; lifelines expects the
-opposite and would silently return 1 - C). Times are in days; `event` is True for an observed relapse.
+Prognosis: Harrell's C both as scikit-survival (ours) and as lifelines (the authors') count it; they differ
+only on risks tied within 1e-8 (`lifelines_c_index`). `risk` is higher for an earlier event (the sign
+scikit-survival expects; lifelines expects the opposite and would silently return 1 - C). Times are in
+days; `event` is True for an observed relapse.
 """
 
 from __future__ import annotations
@@ -151,12 +153,39 @@ def segmentation_summary(
     return summary
 
 
+HARRELL_C_DEFINITIONS = {
+    "harrell_c": "scikit-survival concordance_index_censored (ours): risks within 1e-8 count as tied (1/2)",
+    "harrell_c_lifelines": "lifelines concordance_index(time, -risk, event) (the authors'): only exactly "
+    "equal risks count as tied (1/2)",
+}
+
+
 def harrell_c_index(event: ArrayLike, time_days: ArrayLike, risk: ArrayLike) -> float:
     """Harrell's C: the share of comparable pairs whose earlier event has the higher risk (risk ties 1/2)."""
     from sksurv.metrics import concordance_index_censored
 
     event, time_days, risk = np.asarray(event, bool), np.asarray(time_days, float), np.asarray(risk, float)
     return float(concordance_index_censored(event, time_days, risk)[0])
+
+
+def lifelines_c_index(event: ArrayLike, time_days: ArrayLike, risk: ArrayLike) -> float:
+    """Harrell's C as lifelines' `concordance_index(time, -risk, event)` counts it (the authors' metric).
+
+    The comparable pairs are scikit-survival's (an event before a later time, or an event and a censoring at
+    the same time); the difference is in tied risks: lifelines counts 1/2 only for exactly equal risks,
+    scikit-survival (`harrell_c_index`) for risks within 1e-8 of each other. Counted here over all pairs
+    (N² booleans) because lifelines itself cannot be installed beside this project's pandas (it requires
+    pandas < 3). NaN without a comparable pair.
+    """
+    event, time, risk = np.asarray(event, bool), np.asarray(time_days, float), np.asarray(risk, float)
+    earlier = time[:, None] < time[None, :]
+    tied_with_censoring = (time[:, None] == time[None, :]) & ~event[None, :]
+    comparable = event[:, None] & (earlier | tied_with_censoring)  # (i, j): i's event should rank higher
+    if not comparable.any():
+        return math.nan
+    concordant = (risk[:, None] > risk[None, :]) & comparable
+    tied = (risk[:, None] == risk[None, :]) & comparable
+    return float((concordant.sum() + 0.5 * tied.sum()) / comparable.sum())
 
 
 def uno_c_index(
@@ -234,8 +263,8 @@ def prognosis_summary(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict:
-    """Harrell's C with its bootstrap CI, Uno's C (up to the last evaluation time), td-AUC and, when
-    `survival` (N, len(times_days)) is given, the integrated Brier score.
+    """Harrell's C with its bootstrap CI (and as lifelines counts it), Uno's C (up to the last evaluation
+    time), td-AUC and, when `survival` (N, len(times_days)) is given, the integrated Brier score.
 
     Default times: `evaluation_times(time_days)`.
     """
@@ -260,6 +289,8 @@ def prognosis_summary(
         "harrell_c_ci": bootstrap_ci(
             c_index, len(event), n_resamples=n_resamples, confidence=confidence, seed=seed
         ),
+        "harrell_c_lifelines": lifelines_c_index(event, time_days, risk),
+        "harrell_c_definitions": HARRELL_C_DEFINITIONS,
         "uno_c": uno_c_index(*train, event, time_days, risk, tau_days=float(times[-1])),
         "uno_c_tau_days": float(times[-1]),
         "time_dependent_auc": time_dependent_auc(*train, event, time_days, risk, times),
