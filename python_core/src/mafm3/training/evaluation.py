@@ -173,6 +173,7 @@ def _baseline_predictor(folder: Path, device: str, precision: str, dense: bool) 
             prepared.array,
             inference["window_voxels"],
             overlap=float(inference.get("overlap", 0.25)),
+            blend=inference.get("blend", "gaussian"),
             sw_batch_size=SW_BATCH_SIZE,
             device=torch_device,
             dtype=dtype,

@@ -87,10 +87,11 @@ class TrainOptions:
 
 
 def crop_centres(options: TrainOptions) -> str:
+    background = "background (in the body)" if options.recipe == "ours" else "background (normalised CT > 0)"
     if options.class_ratios is None:
-        return "tumour or background voxel, 1:1"
-    background, primary, nodes = options.class_ratios
-    return f"background, GTVp or GTVn voxel, {background:g}:{primary:g}:{nodes:g}"
+        return f"tumour or {background} voxel, 1:1"
+    share, primary, nodes = options.class_ratios
+    return f"{background}, GTVp or GTVn voxel, {share:g}:{primary:g}:{nodes:g}"
 
 
 def schedule_for(options: TrainOptions, n_train: int, batch_size: int, world_size: int) -> Schedule:

@@ -111,6 +111,9 @@ def _train(options: TrainOptions, ranks: Ranks, progress: ProgressCallback) -> T
         "batch_size_per_rank": batch_size,
         "crops_per_case": options.crops_per_case if task == "segmentation" else None,
         "crop_centres": crop_centres(options) if task == "segmentation" else None,
+        "segmentation_recipe": (
+            asdict(segmentation.RECIPES[options.recipe]) if task == "segmentation" else None
+        ),
         "world_size": ranks.world_size,
         "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
         "device": ranks.device.type,
@@ -221,6 +224,8 @@ def _task(
         spacing=model_spacing(preprocessing),
         crops_per_case=options.crops_per_case,
         class_ratios=options.class_ratios,
+        recipe=segmentation.RECIPES[options.recipe],
+        rotate_axes=segmentation.axial_axes(preprocessing.axis_order),
         **common,
     )
 
