@@ -44,7 +44,8 @@ class TrainOptions:
     preset: str | None = None
     modalities: tuple[str, ...] | None = None  # e.g. ("CT", "PET"); checked against the preset
     fold: int | None = None  # 0-based; None: hold out a validation share, no test cases
-    folds_file: Path | None = None  # a `Splits` JSON; default: a k-fold split made here
+    folds_file: Path | None = None  # a `Splits` JSON or a case-id/fold CSV; default: a k-fold split made here
+    select_on_test_fold: bool = False  # the authors' selection on the test fold (method-spec G2)
     folds: int = 5
     split_seed: int = 42
     val_fraction: float = 0.2
