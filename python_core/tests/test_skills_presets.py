@@ -121,6 +121,22 @@ def test_skill_info_reports_a_preset_as_json(capsys):
     assert report["outputs"][0]["type"]["value"] == "86049000"  # SNOMED CT: Neoplasm, Primary
 
 
+AUTHORS_PRESETS = [  # each `-authors` preset reproduces the paper preset of the same name without the suffix
+    "hecktor-seg-ct-authors",
+    "hecktor-seg-petct-authors",
+]
+
+
+@pytest.mark.parametrize("name", AUTHORS_PRESETS)
+def test_authors_presets_train_exactly_the_paper_presets_parameters(name, capsys):
+    paper = name.removesuffix("-authors")
+    assert main(["skill", "info", "--preset", name, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["trainable_parameters"] == EXPECTED[FIXTURE_SECTION[paper]]["trainable_total"]
+    assert parameter_counts(get_preset(name)) == parameter_counts(get_preset(paper))
+    assert get_preset(name).config == get_preset(paper).config
+
+
 def test_unknown_preset_is_refused_with_the_known_names(capsys):
     assert main(["skill", "info", "--preset", "hecktor-seg-mri"]) == 1
     assert "There is no skill preset 'hecktor-seg-mri'; use one of hecktor-seg-ct" in capsys.readouterr().err

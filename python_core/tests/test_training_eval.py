@@ -115,6 +115,55 @@ def test_a_fold_the_pack_trained_on_is_refused_and_without_fold_the_overlap_is_r
         read_rows(tmp_path / "all_per_case.csv")
     )
     assert summary["n_cases_seen_in_training"] == len(fold["train_ids"]) + len(fold["val_ids"])
+    assert summary["seen_in_training_by"] == "content"
+
+
+def test_seen_in_training_compares_content_so_a_fresh_cohort_with_the_same_ids_is_unseen(
+    lab, segmentation_pack, image_thresholds, tmp_path, capsys
+):
+    from mafm3.demo.writers import write_cohort
+
+    fresh_ids = write_cohort(8, 1, tmp_path / "fresh", "tiny")  # other studies, ids from the same scheme
+    manifest = json.loads((segmentation_pack / "manifest.json").read_text())
+    fold = manifest["training"]["split"]["folds"][0]
+    shared_ids = set(fresh_ids) & set(fold["train_ids"] + fold["val_ids"])
+    assert shared_ids  # ids alone would call these cases seen
+    command = ["eval", "--dataset", str(tmp_path / "fresh"), "--skill", str(segmentation_pack)]
+    assert main([*command, "--out", str(tmp_path / "fresh.json"), *EVAL]) == 0
+    summary = json.loads((tmp_path / "fresh.json").read_text())
+    assert summary["n_cases_seen_in_training"] == 0 and summary["seen_in_training_by"] == "content"
+
+    # A pack from before content hashes: ids are all there is, and the note says so.
+    old = tmp_path / "old-pack"
+    old.mkdir()
+    (old / "weights.safetensors").write_bytes((segmentation_pack / "weights.safetensors").read_bytes())
+    del manifest["training"]["case_content_sha256"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    command = ["eval", "--dataset", str(tmp_path / "fresh"), "--skill", str(old)]
+    assert main([*command, "--out", str(tmp_path / "old.json"), *EVAL[:-1]]) == 0
+    summary = json.loads((tmp_path / "old.json").read_text())
+    assert (
+        summary["n_cases_seen_in_training"] == len(shared_ids) and summary["seen_in_training_by"] == "case id"
+    )
+    assert f"note: {len(shared_ids)} of these cases were used in training (matched by case id only" in (
+        capsys.readouterr().out
+    )
+
+
+def test_eval_reports_the_authors_dice_beside_ours(lab, segmentation_pack, image_thresholds, tmp_path):
+    out = tmp_path / "metrics.json"
+    command = ["eval", "--dataset", str(lab.cohort), "--skill", str(segmentation_pack), "--fold", "0"]
+    assert main([*command, "--out", str(out), *EVAL]) == 0
+    authors = json.loads(out.read_text())["metrics"]["authors"]
+    rows = read_rows(tmp_path / "metrics_per_case.csv")
+    per_case = []
+    for row in rows:  # MONAI's "mean": the defined classes of each case, then the cases
+        cells = [row[f"authors_dice_{name}"] for name in ("background", "GTVp", "GTVn")]
+        defined = [float(cell) for cell in cells if cell]  # an empty cell: NaN, a class without ground truth
+        per_case.append(sum(defined) / len(defined))
+    assert authors["dice"] == pytest.approx(sum(per_case) / len(per_case), rel=1e-12)
+    assert authors["classes"]["background"] > 0.9  # the ROI is mostly background, which the authors count
+    assert "include_background=True" in authors["definition"]
 
 
 def test_prognosis_eval_reports_harrells_c_with_the_sign_of_risk(lab, tmp_path):

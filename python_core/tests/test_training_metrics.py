@@ -12,6 +12,8 @@ import pytest
 import SimpleITK as sitk
 
 from mafm3.training.metrics import (
+    authors_dice,
+    authors_dice_case,
     bootstrap_ci,
     harrell_c_index,
     hd95_mm,
@@ -64,6 +66,37 @@ def test_empty_masks_follow_the_stated_policy():
     summary = segmentation_summary([both_empty, false_positive], n_resamples=10)["classes"]["GTVn"]
     assert summary["dice_mean"] == 0.0  # the NaN case is left out, not averaged in as 1 or 0
     assert summary["n_evaluated"] == 1 and summary["n_both_empty"] == 1 and summary["n_hd95_worst_case"] == 1
+
+
+# Two hand-worked cases of 10 voxels for the authors' Dice (method-spec G3).
+# Case 1, no GTVn in the reference (yet one predicted): background 2·5/(6+6) = 5/6, GTVp 2·3/(4+3) = 6/7,
+# GTVn undefined (skipped, not 0). Case 2, no GTVp: background 2·8/(8+10) = 8/9, GTVn 2·0/(2+0) = 0.
+AUTHORS_CASES = [
+    ([0, 0, 0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 2, 1, 1, 1, 0]),  # (reference, prediction)
+    ([0, 0, 0, 0, 0, 0, 0, 0, 2, 2], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+]
+
+
+def test_authors_dice_counts_background_and_skips_classes_without_ground_truth():
+    cases = [authors_dice_case(np.array(p), np.array(r)) for r, p in AUTHORS_CASES]
+    assert cases[0]["background"] == pytest.approx(5 / 6) and cases[0]["GTVp"] == pytest.approx(6 / 7)
+    assert math.isnan(cases[0]["GTVn"]) and math.isnan(cases[1]["GTVp"])
+    assert cases[1]["background"] == pytest.approx(8 / 9) and cases[1]["GTVn"] == 0
+    expected = ((5 / 6 + 6 / 7) / 2 + (8 / 9 + 0) / 2) / 2  # per case over its defined classes, then cases
+    assert authors_dice(cases)["dice"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_authors_dice_equals_monais_dice_metric_with_background():
+    import torch
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    metric = DiceMetric(include_background=True, reduction="mean")  # MONAI's defaults otherwise, as theirs
+    for reference, prediction in AUTHORS_CASES:
+        as_one_hot = [one_hot(torch.tensor(m).reshape(1, 1, 10, 1, 1), 3) for m in (prediction, reference)]
+        metric(*as_one_hot)
+    cases = [authors_dice_case(np.array(p), np.array(r)) for r, p in AUTHORS_CASES]
+    assert authors_dice(cases)["dice"] == pytest.approx(metric.aggregate().item(), rel=1e-6)
 
 
 def test_aggregated_dice_sums_overlaps_and_sizes_over_cases():

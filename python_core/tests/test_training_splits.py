@@ -1,5 +1,6 @@
 """Splits partition the cases, keep validation out of the test fold, spread strata evenly, and repeat."""
 
+import csv
 import random
 from collections import Counter
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 
 from mafm3.errors import MAFM3Error
 from mafm3.training.datasets import Case
-from mafm3.training.splits import Splits, centre_split, kfold_split, stratum_keys
+from mafm3.training.splits import Splits, centre_split, kfold_split, stratum_keys, training_fold
 
 # (centre, cases, events): 100 cases, 20 events; centre E is too small to be its own stratum.
 CENTRES = [("A", 40, 10), ("B", 30, 5), ("C", 20, 4), ("D", 8, 1), ("E", 2, 0)]
@@ -109,3 +110,79 @@ def test_splits_round_trip_through_json(tmp_path):
 def test_more_folds_than_cases_is_refused():
     with pytest.raises(MAFM3Error, match="3 cases cannot be split into 5 folds"):
         kfold_split(make_cases()[:3], k=5)
+
+
+def write_folds_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def authors_style_folds(cases: list[Case], path: Path) -> dict[str, int]:
+    """The authors' CSV layout (PatientID, other columns, fold 1..5) over all cases but the last 10."""
+    folds = {case.case_id: 1 + i % 5 for i, case in enumerate(cases[:-10])}
+    rows = [{"PatientID": i, "text": "a report, with a comma", "fold": f} for i, f in folds.items()]
+    write_folds_csv(path, rows)
+    return folds
+
+
+@pytest.mark.parametrize("name", ["folds.csv", "folds.txt"])  # recognised by extension, else by content
+def test_a_folds_csv_tests_each_fold_value_and_still_validates_on_an_inner_split(tmp_path, name):
+    cases = make_cases()
+    folds = authors_style_folds(cases, tmp_path / name)
+    for k, value in enumerate([1, 2, 3, 4, 5]):  # fold K = the K-th smallest fold value
+        splits, fold = training_fold(
+            cases, fold=k, folds=5, split_seed=42, val_fraction=0.2, split_file=tmp_path / name
+        )
+        expected_test = {i for i, f in folds.items() if f == value}
+        train, val, test = set(fold.train_ids), set(fold.val_ids), set(fold.test_ids)
+        assert test == expected_test and splits.method == "folds-file"
+        assert not val & test and not train & val and train | val == set(folds) - expected_test
+        assert abs(len(val) - 0.2 * len(train | val)) <= 1  # one of 5 stratified parts
+    assert splits.parameters["fold_values"] == [1, 2, 3, 4, 5]
+    assert splits.parameters["n_cases_not_in_file"] == 10  # the unlisted cases are nowhere
+
+
+def test_select_on_test_fold_validates_on_the_test_cases_and_trains_on_all_others(tmp_path):
+    cases = make_cases()
+    folds = authors_style_folds(cases, tmp_path / "folds.csv")
+    _, fold = training_fold(
+        cases,
+        fold=2,
+        folds=5,
+        split_seed=42,
+        val_fraction=0.2,
+        split_file=tmp_path / "folds.csv",
+        select_on_test_fold=True,
+    )
+    assert set(fold.val_ids) == set(fold.test_ids) == {i for i, f in folds.items() if f == 3}
+    assert set(fold.train_ids) == {i for i, f in folds.items() if f != 3}
+    with pytest.raises(MAFM3Error, match="--select-on-test-fold selects on a test fold"):
+        training_fold(cases, fold=None, folds=5, split_seed=1, val_fraction=0.2, select_on_test_fold=True)
+
+
+def test_a_split_json_is_still_a_folds_file(tmp_path):
+    splits = kfold_split(make_cases(), k=3, seed=9)
+    splits.save(tmp_path / "splits")  # no extension: recognised by its content
+    loaded, fold = training_fold(
+        make_cases(), fold=1, folds=5, split_seed=0, val_fraction=0.2, split_file=tmp_path / "splits"
+    )
+    assert loaded == splits and fold == splits[1]
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"PatientID": "Z-999", "fold": 0}, {"PatientID": "A-000", "fold": 1}], "first is Z-999"),
+        ([{"PatientID": "A-000", "split": 0}], "needs a case-id column .* and a fold column"),
+        ([{"case_id": "A-000", "fold": "x"}, {"case_id": "A-001", "fold": 1}], "integer fold"),
+        ([{"id": "A-000", "fold": 0}, {"id": "A-000", "fold": 1}], "Case A-000 appears twice"),
+        ([{"id": "A-000", "fold": 0}, {"id": "A-001", "fold": 0}], "holds 1 fold value"),
+    ],
+)
+def test_bad_folds_csvs_are_refused_in_one_sentence(tmp_path, rows, message):
+    path = write_folds_csv(tmp_path / "folds.csv", rows)
+    with pytest.raises(MAFM3Error, match=message):
+        training_fold(make_cases(), fold=0, folds=5, split_seed=0, val_fraction=0.2, split_file=path)

@@ -109,6 +109,31 @@ def test_training_lowers_the_loss_and_writes_an_installable_pack_with_its_proven
     assert {path: digest for path, digest in after.items() if path in before} == before
 
 
+@pytest.mark.parametrize("task", ["segmentation", "prognosis"])
+def test_a_folds_csv_with_selection_on_the_test_fold_is_recorded_as_the_authors_g2(lab, tmp_path, task):
+    ids = sorted(case.case_id for case in load_cohort(lab.cohort))
+    folds = {case_id: 7 + index % 2 for index, case_id in enumerate(ids)}  # fold values 7 and 8
+    with open(tmp_path / "folds.csv", "w", newline="") as file:
+        file.write("case_id,fold\n" + "".join(f"{i},{f}\n" for i, f in folds.items()))
+    options = train_options(
+        lab,
+        task,
+        tmp_path / "pack",
+        fold=1,
+        folds_file=tmp_path / "folds.csv",
+        select_on_test_fold=True,
+        iterations=2,
+        val_every=2,
+    )
+    result = train(options)
+    training = verify_pack(tmp_path / "pack").training
+    test_ids = [case_id for case_id, value in folds.items() if value == 8]  # fold 1: the larger value
+    assert training["split"]["folds"][1]["test_ids"] == test_ids and training["fold"] == 1
+    assert training["selection_on_test_fold"] is True and "the test fold" in training["selection"]
+    assert training["n_val"] == len(test_ids) and training["n_train"] == len(ids) - len(test_ids)
+    assert result.fit.best.values["n_cases"] == len(test_ids)
+
+
 def test_resume_continues_to_the_weights_of_an_uninterrupted_run(lab, tmp_path):
     straight = train(train_options(lab, "segmentation", tmp_path / "straight", iterations=6, val_every=3))
 

@@ -83,6 +83,10 @@ def _lines(summary: dict, out: Path) -> str:
                 f"{name}: Dice {values['dice_mean']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}], aggregated "
                 f"{values['dice_aggregated']:.3f}, HD95 {values['hd95_mm_mean']:.1f} mm"
             )
+        lines.append(
+            f"the authors' Dice (background included, empty ground truth skipped, ROI grid): "
+            f"{metrics['authors']['dice']:.3f}"
+        )
     else:
         ci = metrics["harrell_c_ci"]
         brier = metrics.get("integrated_brier_score", math.nan)
@@ -96,6 +100,18 @@ def _lines(summary: dict, out: Path) -> str:
         listed = ", ".join(f"{case['case_id']} ({case['reason']})" for case in skipped)
         lines.append(f"skipped {len(skipped)} case(s): {listed}")
     if summary.get("n_cases_seen_in_training"):
-        lines.append(f"note: {summary['n_cases_seen_in_training']} of these cases were used in training")
+        basis = (
+            "matched by image content"
+            if summary.get("seen_in_training_by") == "content"
+            else "matched by case id only: the pack records no content hashes"
+        )
+        lines.append(
+            f"note: {summary['n_cases_seen_in_training']} of these cases were used in training ({basis})"
+        )
+    if summary.get("selected_on_these_cases"):
+        lines.append(
+            "note: the skill's checkpoint was selected on these test cases (--select-on-test-fold, the "
+            "authors' G2), so these numbers are optimistic"
+        )
     lines.append(f"metrics: {out} and {out.with_name(out.stem + '_per_case.csv')}")
     return "\n".join(lines)

@@ -46,12 +46,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--version", help="version of the new pack (default 1.0.0; with --init the next minor)"
     )
     parser.add_argument("--backbone", help="backbone id or folder (default: the only imported one)")
-    split = parser.add_argument_group("split (model selection only ever sees the validation cases)")
+    split = parser.add_argument_group(
+        "split (model selection sees only the validation cases, unless --select-on-test-fold)"
+    )
     split.add_argument(
         "--fold", type=int, metavar="K", help="train on fold K (0-based) and hold out its test cases"
     )
     split.add_argument(
-        "--folds-file", type=Path, metavar="JSON", help="split file (default: a k-fold split made here)"
+        "--folds-file",
+        type=Path,
+        metavar="JSON|CSV",
+        help="split JSON written by mafm3, or a CSV of case id (PatientID, case_id or id) and fold: fold K "
+        "is the K-th smallest fold value (default: a k-fold split made here)",
+    )
+    split.add_argument(
+        "--select-on-test-fold",
+        action="store_true",
+        help="select the checkpoint on the test fold, as the authors did (method-spec G2; recorded in the "
+        "pack); default: on an inner validation split",
     )
     split.add_argument("--folds", type=int, default=5, help="k of the k-fold split (default 5)")
     split.add_argument("--split-seed", type=int, default=42, help="seed of the split (default 42)")

@@ -25,6 +25,7 @@ from mafm3.model.skill_model import ClassificationSkill, PrognosisSkill, Segment
 from mafm3.progress import ProgressCallback
 
 SW_BATCH_SIZE = 4  # windows per forward pass, unless a run asks for another
+BLENDS = ("gaussian", "constant")  # how overlapping windows are weighted (a manifest's `inference.blend`)
 
 
 class Cancelled(Exception):
@@ -127,14 +128,15 @@ def blend_windows(
     overlap: float,
     sw_batch_size: int,
     occupied: torch.Tensor | None = None,
+    blend: str = "gaussian",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gaussian-blended sliding windows of `network` over `volume` (C, T, H, W), decoding only the windows
-    that hold an `occupied` (T, H, W) voxel (all windows when None).
+    """Gaussian-blended (or, with `blend="constant"`, averaged) sliding windows of `network` over `volume`
+    (C, T, H, W), decoding only the windows that hold an `occupied` (T, H, W) voxel (all windows when None).
 
     Window placement, padding (constant 0, split evenly, when the volume is smaller than the window) and the
-    Gaussian (sigma 0.125 of the window) are MONAI's `sliding_window_inference`'s, so with every window
-    decoded the blend equals it. Written here because MONAI's cannot leave windows out: a skipped window
-    contributes nothing, so a voxel's value is the blend of the decoded windows that cover it.
+    weights (a Gaussian of sigma 0.125 of the window, or constant) are MONAI's `sliding_window_inference`'s,
+    so with every window decoded the blend equals it. Written here because MONAI's cannot leave windows out:
+    a skipped window contributes nothing, so a voxel's value is the blend of the decoded windows covering it.
 
     network: crops (N, C, *window) -> outputs (N, K, *window). Returns the blend (K, T, H, W) float32,
     zero where no decoded window reaches, and `covered` (T, H, W) bool, where one does.
@@ -146,8 +148,12 @@ def blend_windows(
         occupied = None if occupied is None else F.pad(occupied, padding, value=False)
     padded = tuple(volume.shape[1:])
     slices = window_slices(padded, window, overlap, occupied)
-    gaussian = compute_importance_map(window, mode="gaussian", device=volume.device)
-    gaussian = gaussian.clamp(min=max(float(gaussian[gaussian > 0].min()), 1e-3))  # as MONAI does
+    if blend not in BLENDS:
+        raise MAFM3Error(
+            f"Unknown window blend {blend!r}: the skill's `inference.blend` must be one of {BLENDS}."
+        )
+    importance = compute_importance_map(window, mode=blend, device=volume.device)
+    importance = importance.clamp(min=max(float(importance[importance > 0].min()), 1e-3))  # as MONAI does
     blended: torch.Tensor | None = None
     weight = torch.zeros(padded, dtype=torch.float32, device=volume.device)
     for first in range(0, len(slices), sw_batch_size):
@@ -156,8 +162,8 @@ def blend_windows(
         if blended is None:
             blended = torch.zeros((outputs.shape[1], *padded), dtype=torch.float32, device=volume.device)
         for output, s in zip(outputs, batch, strict=True):
-            blended[(slice(None), *s)] += output * gaussian
-            weight[s] += gaussian
+            blended[(slice(None), *s)] += output * importance
+            weight[s] += importance
     crop = tuple(slice(pad // 2, pad // 2 + size) for pad, size in zip(pads, shape, strict=True))
     weight = weight[crop]
     if blended is None:
@@ -178,9 +184,11 @@ def sliding_window_logits(
     dtype: torch.dtype | None,
     occupied: np.ndarray | None = None,
     fit_box: bool = True,
+    blend: str = "gaussian",
 ) -> torch.Tensor:
     """Blended class logits (1, classes, T, H, W) float32 on `device` of a model-space image (C, T, H, W):
-    Gaussian-blended sliding windows of `network` (crops (N, C, *window) -> logits (N, classes, *window)).
+    sliding windows of `network` (crops (N, C, *window) -> logits (N, classes, *window)) blended as `blend`
+    says (`blend_windows`).
 
     occupied: (T, H, W) bool, where there is something to find (body or PET uptake; `PreparedInput.occupied`).
     With it, windows holding no occupied voxel are not decoded and, with `fit_box`, the windows are laid over
@@ -196,7 +204,13 @@ def sliding_window_logits(
     with torch.inference_mode(), autocast(device, dtype):
         if volume[0].numel():
             blended, covered = blend_windows(
-                network, volume, window, overlap=overlap, sw_batch_size=sw_batch_size, occupied=mask
+                network,
+                volume,
+                window,
+                overlap=overlap,
+                sw_batch_size=sw_batch_size,
+                occupied=mask,
+                blend=blend,
             )
         else:
             blended, covered = torch.zeros((0,)), None
@@ -220,6 +234,7 @@ def sliding_window_labels(
     dtype: torch.dtype | None,
     occupied: np.ndarray | None = None,
     fit_box: bool = True,
+    blend: str = "gaussian",
 ) -> np.ndarray:
     """Labels (T, H, W) uint8: the argmax on the device of `sliding_window_logits` (same arguments)."""
     logits = sliding_window_logits(
@@ -232,6 +247,7 @@ def sliding_window_labels(
         dtype=dtype,
         occupied=occupied,
         fit_box=fit_box,
+        blend=blend,
     )
     return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 
@@ -262,6 +278,7 @@ def segment(
     skip_empty: bool = True,
     fit_box: bool = True,
     decoder: Callable | None = None,
+    blend: str = "gaussian",
 ) -> tuple[np.ndarray, np.ndarray]:
     """`labels_and_uncertainty` of a skill's `sliding_window_logits`, with the backbone and the decoder timed
     apart, progress per window batch, and a check for cancellation before each batch.
@@ -269,7 +286,7 @@ def segment(
     mirror: test-time augmentation: each window's logits are averaged with those of its left-right mirror
         image (mirrored back), which doubles the work.
     skip_empty: decode only windows holding `prepared.occupied` voxels; fit_box: lay the windows over the box
-        fitted to them (both: `sliding_window_logits`).
+        fitted to them (both: `sliding_window_logits`); blend: "gaussian" or "constant" (`blend_windows`).
     decoder: what decodes (crops, hidden states) -> logits, e.g. a `cpu_runtime.RaceDecoder`; default the
         skill's own decoder.
     Returns labels (T, H, W) uint8 and uncertainty (T, H, W) float32 in [0, 1]."""
@@ -307,6 +324,7 @@ def segment(
         dtype=dtype,
         occupied=occupied,
         fit_box=fit_box,
+        blend=blend,
     )
     return labels_and_uncertainty(logits)
 

@@ -249,6 +249,7 @@ class Engine:
                 progress=progress,
                 cancel=cancel,
                 mirror=bool(manifest.inference.get("mirror_tta", False)),
+                blend=manifest.inference.get("blend", "gaussian"),
                 skip_empty=not request.dense,
                 fit_box=not request.dense,
                 decoder=decoder,

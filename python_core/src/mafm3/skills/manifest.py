@@ -12,7 +12,7 @@ Read without torch (the Slicer GUI lists skills from manifests alone). A pack fo
 | `description`, `preset` | one line; the preset the config came from, or null |
 | `config` | `SkillConfig.to_dict()`: LoRA, embedding, position copies, decoder / prognosis head, labels |
 | `preprocessing` | `PreprocessingConfig` manifest section (spacing, axis order, windows, ROI) |
-| `inference` | `window_voxels`, `overlap`, `mirror_tta` (sliding window) or `input_voxels`; axes (T, H, W) |
+| `inference` | sliding window: `window_voxels`, `overlap`, `mirror_tta`, `blend`; else `input_voxels` |
 | `postprocessing` | segmentation: false-positive removal (`imaging.postprocess`); absent or {} = none |
 | `outputs` | segmentation: `SegmentSpec` dicts (label, name, colour, SNOMED codes); else named outputs |
 | `backbone` | {"id", "sha256"} of the backbone weights file the skill was trained on |

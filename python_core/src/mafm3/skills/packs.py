@@ -59,12 +59,14 @@ def export_pack(
     training: dict | None = None,
     metrics: dict | None = None,
     description: str | None = None,
+    inference: dict | None = None,
 ) -> SkillManifest:
     """Write `skill` as a pack folder (which must not exist or be empty) and return its manifest.
 
     preset: where modalities, preprocessing, inference settings, outputs and the demo flag come from (a
     registered preset, or a `Preset` built for a new skill); the config is the skill's own. Only the skill's
-    tensors are written (`SkillModel.skill_state_dict`). Nothing is left behind on failure.
+    tensors are written (`SkillModel.skill_state_dict`); inference: the preset's, changed by training (e.g.
+    the authors' constant window blend). Nothing is left behind on failure.
     """
     from safetensors.torch import save_file
 
@@ -84,7 +86,7 @@ def export_pack(
             description=description or preset.description,
             config=skill.config.to_dict(),
             preprocessing=preset.preprocessing,
-            inference=preset.inference,
+            inference=inference or preset.inference,
             outputs=list(preset.outputs),
             backbone={"id": backbone_id, "sha256": backbone_sha256},
             weights={"file": WEIGHTS_FILE, "sha256": file_sha256(partial / WEIGHTS_FILE)},

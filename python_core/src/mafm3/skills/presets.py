@@ -7,9 +7,19 @@
 | `hecktor-prognosis` | 1,816,716 | LoRA r 2 (spatial + temporal), report encoder, adapters, MTLR 12 bins |
 | `hecktor-prognosis-authors` | 1,816,716 | the same, as the authors: own reports, 512-token mean, KM bins |
 | `ctclip-zeroshot` | 0 | CT-CLIP's own zero-shot classification over the 18 CT-RATE abnormalities |
+| `hecktor-seg-ct-authors`, `hecktor-seg-petct-authors` | as without `-authors` | the authors' preprocessing |
+
+The `-authors` segmentation presets reproduce the authors' preprocessing where it is a preset field
+(README "Reproducing the paper"): arrays in MONAI `Orientationd(axcodes="PLS")` order, i.e. T runs
+anterior -> posterior, H right -> left, W inferior -> superior ("yxz" of the LPS-oriented grid, method-spec
+G8), and CT/PET resampled with B-splines. Their ROI (PET uptake, 360 mm), windows and normalisations are
+already those of the presets without `-authors`; the fixes of G9 (PET and mask resampled onto the CT's box,
+air outside the CT) are kept. What is not a preset field is `mafm3 train --recipe authors`.
 
 `hecktor-prognosis-authors` reads each patient's own report (`--reports`), padded to 512 tokens and averaged
-with the padding, and cuts its MTLR bins and scores risk as pycox and torchmtlr do (`mafm3.model.mtlr`).
+with the padding, cuts its MTLR bins and scores risk as pycox and torchmtlr do (`mafm3.model.mtlr`), and
+resamples the CT with B-splines as their ROI files were; its axes (zxy) are already the authors' prognosis
+loader's.
 
 `hecktor-prognosis` puts LoRA on the temporal attention too, as the authors' `main_lora.py` does (20,480
 of its parameters); the MAFM³ feature path never runs the temporal stage, so those adapters stay at B = 0
@@ -54,6 +64,7 @@ _CT = {
 _PET_CT = {**_CT, "channels": ["ct", "pet"], "ct_normalisation": "zscore", "pet_normalisation": "zscore"}
 _PET_CT["roi"] = {**_ROI, "method": "pet"}
 _CTCLIP = {**_CT, "ct_window": [-1000.0, 1000.0]}  # CT-CLIP pre-training: clip +-1000 HU, / 1000
+_AUTHORS_SEGMENTATION = {"axis_order": "yxz", "interpolator": "bspline"}  # PLS arrays, B-spline resampling
 # The demo skills see the whole synthetic head & neck at 2 mm: a 192 x 192 x 224 mm box (96 x 96 x 112 voxels,
 # multiples of the 16-voxel patches) placed by the authors' PET-uptake heuristic (CT body without PET). The
 # box is long enough along S that the heuristic's pull towards the brain still leaves the neck inside it.
@@ -132,6 +143,26 @@ PRESETS: dict[str, Preset] = {
             _SEGMENTS,
         ),
         Preset(
+            "hecktor-seg-ct-authors",
+            "Head & neck tumour segmentation (GTVp, GTVn) on CT, the authors' preprocessing (PLS axes, "
+            "B-spline)",
+            _segmentation(channels=1, feature_size=16, rank=8),
+            ("CT",),
+            {**_CT, **_AUTHORS_SEGMENTATION},
+            _SEG_WINDOW,
+            _SEGMENTS,
+        ),
+        Preset(
+            "hecktor-seg-petct-authors",
+            "Head & neck tumour segmentation (GTVp, GTVn) on PET/CT, the authors' preprocessing (PLS axes, "
+            "B-spline)",
+            _segmentation(channels=2, feature_size=16, rank=8),
+            ("CT", "PET"),
+            {**_PET_CT, **_AUTHORS_SEGMENTATION},
+            _SEG_WINDOW,
+            _SEGMENTS,
+        ),
+        Preset(
             "hecktor-prognosis",
             "Recurrence-free survival from CT and the clinical record (report encoder), MAFM3 configuration",
             SkillConfig(
@@ -160,7 +191,7 @@ PRESETS: dict[str, Preset] = {
                 ),
             ),
             ("CT",),
-            _CT,
+            {**_CT, "interpolator": "bspline"},  # their ROI files were B-spline resampled; axes zxy as ours
             {"input_voxels": [240, 480, 480]},
             _PROGNOSIS_OUTPUTS,
         ),

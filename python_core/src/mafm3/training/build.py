@@ -101,6 +101,16 @@ def only_backbone() -> Path:
     return folders[0]
 
 
+def inference_settings(options: TrainOptions, inference: dict) -> dict:
+    """The preset's inference settings as the pack records them: segmentation windows blend as the recipe's
+    validation blended them (`segmentation.RECIPES`)."""
+    from mafm3.training.segmentation import RECIPES
+
+    if options.task != "segmentation":
+        return inference
+    return {**inference, "blend": RECIPES[options.recipe].blend}
+
+
 def export_trained(
     options: TrainOptions, source: SkillSource, model: TrainingModel, out: Path, training: dict, metrics: dict
 ) -> dict:
@@ -128,5 +138,6 @@ def export_trained(
         training=training,
         metrics=metrics,
         description=source.preset.description,
+        inference=inference_settings(options, source.preset.inference),
     )
     return manifest.to_dict()

@@ -7,7 +7,9 @@ baseline folder (`training.baseline`) has no backbone to run on; it gets the sam
 sliding window and mapping back to the CT grid.
 
 Metrics are computed on the original label grid (`training.metrics`): segmentation, Dice per class (GTVp,
-GTVn) without background, the HECKTOR aggregated Dice and HD95 in mm with the empty-mask policy; prognosis,
+GTVn) without background, the HECKTOR aggregated Dice and HD95 in mm with the empty-mask policy, and beside
+them the authors' Dice (`metrics.authors_dice`: background included, empty ground truth skipped), on the
+skill's ROI grid as they scored it: our labels and the reference sampled nearest onto it; prognosis,
 Harrell's C (risk sign as scikit-survival expects; also as lifelines counts it), Uno's C, time-dependent
 AUC and the integrated Brier score, with bootstrap intervals. Writes `<out>` (JSON) and
 `<out stem>_per_case.csv` beside it.
@@ -15,7 +17,9 @@ AUC and the integrated Brier score, with bootstrap intervals. Writes `<out>` (JS
 `fold=K` evaluates the test cases of fold K of the split recorded in the pack's provenance, and only when the
 pack was trained on fold K; without it, every usable case of the dataset is evaluated, and the summary says
 how many of them the pack saw in training and lists the cases skipped (`skipped_cases`: no label file, or
-no endpoint for prognosis) with the reason.
+no endpoint for prognosis) with the reason. A case counts as seen when its content (`Case.content_sha256`)
+is one the pack's provenance records, whatever its id; packs trained before content hashes were recorded
+fall back to the case ids (`seen_in_training_by` says which).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from mafm3.skills.registry import AvailableSkill
 from mafm3.tasks import TRAINABLE_TASKS
 from mafm3.training.datasets import Case, Cohort, load_cohort
 from mafm3.training.metrics import (
+    authors_dice,
+    authors_dice_case,
     image_case_metrics,
     prognosis_summary,
     segmentation_summary,
@@ -95,19 +101,22 @@ def evaluate(
                 f"Skill {manifest['id']} does {task}; `mafm3 eval` measures segmentation or prognosis."
             )
         cases, scope, seen = _cases(cohort, manifest, fold)
-        rows, outcomes = [], []
+        rows, outcomes, authors_rows = [], [], []
         for number, case in enumerate(cases):
             progress("evaluate", number / len(cases), f"case {case.case_id} ({number + 1} of {len(cases)})")
             study = case_study(case)
             if task == "segmentation":
                 reference = read_image(case.label)[0]
                 try:
-                    rows.append({"case_id": case.case_id, **image_case_metrics(predict(study), reference)})
+                    prediction = predict(study)
+                    rows.append({"case_id": case.case_id, **image_case_metrics(prediction, reference)})
                 except ValueError as error:
                     raise MAFM3Error(
                         f"The label of case {case.case_id} is not on its CT grid ({error}); export it on "
                         "the CT's geometry."
                     ) from error
+                authors_rows.append(_authors_dice_on_roi(prediction, reference, study, manifest, case))
+                rows[-1].update({f"authors_dice_{k}": v for k, v in authors_rows[-1].items()})
             else:
                 outcome = predict(study)
                 outcomes.append(outcome)
@@ -115,7 +124,7 @@ def evaluate(
         progress("evaluate", 1.0, f"{len(cases)} cases")
     ci = {"n_resamples": n_resamples, "seed": seed}
     if task == "segmentation":
-        metrics = segmentation_summary(rows, **ci)
+        metrics = {**segmentation_summary(rows, **ci), "authors": authors_dice(authors_rows)}
     else:
         metrics = _prognosis_metrics(cohort, cases, rows, outcomes, seen, ci)
     summary = {
@@ -178,6 +187,7 @@ def _baseline_predictor(folder: Path, device: str, precision: str, dense: bool) 
             prepared.array,
             inference["window_voxels"],
             overlap=float(inference.get("overlap", 0.25)),
+            blend=inference.get("blend", "gaussian"),
             sw_batch_size=SW_BATCH_SIZE,
             device=torch_device,
             dtype=dtype,
@@ -188,9 +198,27 @@ def _baseline_predictor(folder: Path, device: str, precision: str, dense: bool) 
     return baseline.manifest, predict
 
 
+def _authors_dice_on_roi(prediction, reference, study, manifest: dict, case: Case) -> dict[str, float]:
+    """`authors_dice_case` of the labels on the CT's grid, both sampled nearest onto the skill's ROI grid."""
+    import SimpleITK as sitk
+
+    from mafm3.imaging.preprocess import PreprocessingConfig, model_grid
+    from mafm3.imaging.resample import resample_onto
+
+    grid, _ = model_grid(study, PreprocessingConfig.from_dict(manifest["preprocessing"]), manifest["id"])
+    on_roi = [
+        sitk.GetArrayFromImage(resample_onto(image, grid, "nearest", 0)) for image in (prediction, reference)
+    ]
+    try:
+        return authors_dice_case(*on_roi)
+    except ValueError as error:
+        raise MAFM3Error(f"Case {case.case_id}: {error}; fix its label map.") from error
+
+
 def _cases(cohort: Cohort, manifest: dict, fold: int | None) -> tuple[list[Case], dict, list[str]]:
     """The cases to evaluate, what the summary says about them (fold, overlap with training), and the ids
-    the pack trained and selected on (empty when it records no split)."""
+    of the cases the pack trained and selected on (the recorded ids with --fold; else those of this dataset
+    matched by content, or by id for packs without content hashes)."""
     task = manifest["task"]
     usable = list(cohort.labelled() if task == "segmentation" else cohort.with_endpoints())
     training = manifest.get("training") or {}
@@ -204,9 +232,14 @@ def _cases(cohort: Cohort, manifest: dict, fold: int | None) -> tuple[list[Case]
             raise MAFM3Error(f"The dataset {cohort.source} has no cases to evaluate a {task} skill on.")
         reason = "no label file" if task == "segmentation" else "no recurrence-free-survival endpoint"
         usable_ids = {case.case_id for case in usable}
+        hashes = training.get("case_content_sha256")
+        if hashes:
+            seen_content = set(hashes.values())
+            seen = {case.case_id for case in usable if case.content_sha256() in seen_content}
         scope = {
             "fold": None,
             "n_cases_seen_in_training": sum(case.case_id in seen for case in usable),
+            "seen_in_training_by": "content" if hashes else "case id",
             "skipped_cases": [
                 {"case_id": case.case_id, "reason": reason}
                 for case in cohort.cases
@@ -237,7 +270,12 @@ def _cases(cohort: Cohort, manifest: dict, fold: int | None) -> tuple[list[Case]
             f"{len(missing)} test case(s) of fold {fold} are not usable in {cohort.source} (the first is "
             f"{missing[0]}); evaluate on the dataset the skill was trained on."
         )
-    return cohort.select(test_ids), {"fold": fold, "n_cases_seen_in_training": 0}, sorted(seen)
+    scope = {
+        "fold": fold,
+        "n_cases_seen_in_training": 0,
+        "selected_on_these_cases": bool(training.get("selection_on_test_fold")),  # the authors' G2
+    }
+    return cohort.select(test_ids), scope, sorted(seen)
 
 
 def _prognosis_row(case: Case, outcome) -> dict:

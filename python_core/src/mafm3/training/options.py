@@ -44,7 +44,8 @@ class TrainOptions:
     preset: str | None = None
     modalities: tuple[str, ...] | None = None  # e.g. ("CT", "PET"); checked against the preset
     fold: int | None = None  # 0-based; None: hold out a validation share, no test cases
-    folds_file: Path | None = None  # a `Splits` JSON; default: a k-fold split made here
+    folds_file: Path | None = None  # a `Splits` JSON or a case-id/fold CSV; default: a k-fold split made here
+    select_on_test_fold: bool = False  # the authors' selection on the test fold (method-spec G2)
     folds: int = 5
     split_seed: int = 42
     val_fraction: float = 0.2
@@ -90,10 +91,11 @@ class TrainOptions:
 
 
 def crop_centres(options: TrainOptions) -> str:
+    background = "background (in the body)" if options.recipe == "ours" else "background (normalised CT > 0)"
     if options.class_ratios is None:
-        return "tumour or background voxel, 1:1"
-    background, primary, nodes = options.class_ratios
-    return f"background, GTVp or GTVn voxel, {background:g}:{primary:g}:{nodes:g}"
+        return f"tumour or {background} voxel, 1:1"
+    share, primary, nodes = options.class_ratios
+    return f"{background}, GTVp or GTVn voxel, {share:g}:{primary:g}:{nodes:g}"
 
 
 def schedule_for(options: TrainOptions, n_train: int, batch_size: int, world_size: int) -> Schedule:

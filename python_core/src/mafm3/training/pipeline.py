@@ -1,10 +1,11 @@
 """`mafm3 train`, end to end: a dataset and a preset (or a pack to fine-tune) in, a skill pack out.
 
 1. Cases: the labelled cases (segmentation) or those with an endpoint (prognosis).
-2. Split: fold K of a seeded stratified k-fold split (or of `--folds-file`), whose validation cases are carved
-   from its training side; without `--fold`, a stratified hold-out of the validation share and no test
-   cases. Selection only ever sees the validation cases (method-spec G2); the test ids are recorded for
-   `mafm3 eval --fold K`.
+2. Split: fold K of a seeded stratified k-fold split (or of `--folds-file`, a split JSON or a case-id/fold
+   CSV), whose validation cases are carved from its training side; without `--fold`, a stratified hold-out of
+   the validation share and no test cases. Selection only ever sees the validation cases (method-spec G2)
+   unless `--select-on-test-fold` asks for the authors' selection on the test fold, which the provenance
+   records; the test ids are recorded for `mafm3 eval --fold K`.
 3. Model: the frozen backbone with a fresh skill from the preset (or the pack given to `--init`), or MONAI's
    UNETR from scratch (`--baseline unetr`). Only the skill's own parameters train, which is checked.
 4. Data: every case preprocessed once (the preset's `PreprocessingConfig`) into a `CaseCache`.
@@ -89,6 +90,7 @@ def _train(options: TrainOptions, ranks: Ranks, progress: ProgressCallback) -> T
         split_seed=options.split_seed,
         val_fraction=options.val_fraction,
         split_file=saved_split or options.folds_file,
+        select_on_test_fold=options.select_on_test_fold,
     )
     train_cases, val_cases = cohort.select(fold.train_ids), cohort.select(fold.val_ids)
     batch_size = options.batch_size or DEFAULTS[task]["batch_size"]
@@ -115,6 +117,9 @@ def _train(options: TrainOptions, ranks: Ranks, progress: ProgressCallback) -> T
         "batch_size_per_rank": batch_size,
         "crops_per_case": options.crops_per_case if task == "segmentation" else None,
         "crop_centres": crop_centres(options) if task == "segmentation" else None,
+        "segmentation_recipe": (
+            asdict(segmentation.RECIPES[options.recipe]) if task == "segmentation" else None
+        ),
         "world_size": ranks.world_size,
         "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
         "device": ranks.device.type,
@@ -149,7 +154,8 @@ def _train(options: TrainOptions, ranks: Ranks, progress: ProgressCallback) -> T
         "code_version": __version__,
         "backbone": model.backbone,
         "iterations": result.step,
-        "selection": result.selection,
+        "selection": _selection(result.selection, options.select_on_test_fold),
+        "selection_on_test_fold": options.select_on_test_fold,
         "selected_iteration": result.best_step,
         "init": source.init_record,
         "time_bins_days": model.time_bins,
@@ -228,8 +234,17 @@ def _task(
         spacing=model_spacing(preprocessing),
         crops_per_case=options.crops_per_case,
         class_ratios=options.class_ratios,
+        recipe=segmentation.RECIPES[options.recipe],
+        rotate_axes=segmentation.axial_axes(preprocessing.axis_order),
         **common,
     )
+
+
+def _selection(selection: str, on_test_fold: bool) -> str:
+    """`FitResult.selection`, naming the test fold when validation ran on it (`--select-on-test-fold`)."""
+    if not on_test_fold:
+        return selection
+    return selection.replace("the inner validation split", "the test fold (the authors' selection, G2)")
 
 
 def _strict_json(values: dict) -> dict:

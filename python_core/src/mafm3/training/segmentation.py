@@ -1,11 +1,20 @@
 """Segmentation training: cached model-space cases, class-balanced crops with flips and rot90, DiceCE, and
 sliding-window validation with per-class Dice on the inner validation split.
 
-The recipe is the authors' (`hector_ours.py`, itself MONAI's UNETR tutorial): each iteration takes one case
+The scheme is the authors' (`hector_ours.py`, itself MONAI's UNETR tutorial): each iteration takes one case
 per rank and `crops_per_case` crops of the inference window, centred on a tumour voxel or a background voxel
-with equal odds (`RandCropByPosNegLabeld`), then random flips along each axis, a random quarter turn in the
-(H, W) plane and a random intensity shift; the loss is DiceCE on the softmax with a one-hot target,
-background included (the loss only; validation scores GTVp and GTVn alone, method-spec G3).
+with equal odds (`RandCropByPosNegLabeld`), then random flips along each axis and a random quarter turn in the
+axial plane; the loss is DiceCE on the softmax with a one-hot target, background included (the loss only;
+validation scores GTVp and GTVn alone, method-spec G3). Its settings are a `SegmentationRecipe`:
+
+| | ours (default) | the authors' (`--recipe authors`) |
+|---|---|---|
+| background crop centres | label 0 in the body (`PreparedInput.occupied`) | label 0, normalised CT > 0 |
+| flips (each axis), quarter turns | p = 0.1, p = 0.1 | p = 0.2, p = 0.2 |
+| intensity shift | ±0.1 with p = 0.5 | none |
+| validation windows | Gaussian blend | constant blend (MONAI's default) |
+
+("normalised CT > 0" is `RandCropByPosNegLabeld(image_threshold=0)` on their normalised CT.)
 
 A tumour voxel drawn uniformly is almost always a GTVp voxel (a primary holds far more voxels than a node), so
 nodes are seldom seen. `class_ratios` (background, GTVp, GTVn) instead centres crops on each class with the
@@ -15,6 +24,7 @@ given odds (`RandCropByLabelClassesd`; a class a case lacks is skipped).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,12 +45,31 @@ from mafm3.training.metrics import segmentation_case_metrics, segmentation_summa
 from mafm3.training.model_space import CachedCases, case_study
 from mafm3.training.trainer import Network, NetworkTask, Ranks, Validation, batch_indices, step_seed
 
-CACHE_KIND = "segmentation-v3"  # v3: the body box only, CT int16 HU, PET float16 SUV
+CACHE_KIND = "segmentation-v4"  # v4: background centres inside the body, and by the authors' rule
 BACKGROUND_CENTRES = 20_000  # background voxels kept as candidate crop centres (a seeded uniform sample)
-FLIP_PROBABILITY = 0.1
-ROTATE_PROBABILITY = 0.1
-SHIFT_PROBABILITY, SHIFT_OFFSET = 0.5, 0.1
-CLASS_INDEX_KEYS = ("bg", "class_1", "class_2")  # crop centres of background, GTVp, GTVn in a cached case
+SHIFT_OFFSET = 0.1
+
+
+@dataclass(frozen=True)
+class SegmentationRecipe:
+    """The training settings `--recipe` chooses (module docstring): augmentation odds, which cached background
+    centres the crops take, and how validation blends its sliding windows."""
+
+    flip_probability: float
+    rotate_probability: float
+    shift_probability: float
+    background_key: str  # "bg" (inside the body) or "bg_authors" (normalised CT > 0)
+    blend: str  # "gaussian" or "constant"
+
+    def class_index_keys(self) -> tuple[str, str, str]:
+        """The cached crop centres of background, GTVp, GTVn."""
+        return (self.background_key, "class_1", "class_2")
+
+
+RECIPES = {
+    "ours": SegmentationRecipe(0.1, 0.1, 0.5, "bg", "gaussian"),
+    "authors": SegmentationRecipe(0.2, 0.2, 0.0, "bg_authors", "constant"),
+}
 CROP_STREAM = 1  # seed key that tells the crop draws apart from the step's torch seed
 
 
@@ -63,8 +92,9 @@ def model_space_case(case: Case, config: PreprocessingConfig, window: Sequence[i
     channel's (offset, scale, clip) from the whole ROI box, as `prepare_input` normalises it; box_start (3,):
     where the box starts on the model grid; occupied_bits: `PreparedInput.occupied` on the box, bit-packed
     (from the values before rounding); label (1, T, H, W) uint8 sampled nearest on the same box; fg / bg:
-    flat indices of tumour voxels and of a seeded sample of background voxels on the label padded to at least
-    the window as the training crops pad it (MONAI's `fg_indices` convention); class_1 / class_2: the flat
+    flat indices of tumour voxels and of a seeded sample of background voxels inside the body (occupied) on
+    the label padded to at least the window as the training crops pad it (MONAI's `fg_indices` convention);
+    bg_authors: the same sample by the authors' rule (normalised CT > 0); class_1 / class_2: the flat
     indices of GTVp and of GTVn voxels alone, for class-balanced crops. `model_space_input` rebuilds the
     normalised image.
     """
@@ -84,11 +114,13 @@ def model_space_case(case: Case, config: PreprocessingConfig, window: Sequence[i
     occupied = occupied_voxels(channels)
     box = body_box(occupied | (label > 0), tuple(window))
     label = label[box].astype(np.uint8)[None]
-    padded = np.asarray(SpatialPad(list(window))(label))[0]
-    background = np.flatnonzero(padded == 0)
-    if background.size > BACKGROUND_CENTRES:
-        generator = np.random.default_rng(0)
-        background = np.sort(generator.choice(background, BACKGROUND_CENTRES, replace=False))
+    pad = SpatialPad(list(window))  # the crops' padding, so that indices are on the padded label
+    padded = np.asarray(pad(label))[0]
+    # Background crop centres inside the body (ours): what inference decodes (`PreparedInput.occupied`).
+    inside_body = np.asarray(pad(occupied[box][None].astype(np.uint8)))[0] > 0
+    # The authors': image > 0 on their normalised CT (`image_threshold=0`), i.e. HU above the map's offset.
+    ct_above_offset = np.asarray(pad((channels["ct"][box] > mapping[0][0])[None].astype(np.uint8)))[0] > 0
+    background = padded == 0
     arrays = {
         "ct_hu": np.clip(np.rint(channels["ct"][box]), -32768, 32767).astype(np.int16),
         "normalisation": np.asarray(mapping, dtype=np.float64),
@@ -96,13 +128,23 @@ def model_space_case(case: Case, config: PreprocessingConfig, window: Sequence[i
         "occupied_bits": np.packbits(occupied[box]),
         "label": label,
         "fg": np.flatnonzero(padded > 0),
-        "bg": background,
+        "bg": _background_sample(background & inside_body),
+        "bg_authors": _background_sample(background & ct_above_offset),
         "class_1": np.flatnonzero(padded == 1),
         "class_2": np.flatnonzero(padded == 2),
     }
     if "pet" in channels:
         arrays["pet_suv"] = channels["pet"][box].astype(np.float16)
     return arrays
+
+
+def _background_sample(candidates: np.ndarray) -> np.ndarray:
+    """Flat indices of the `candidates` (bool), at most `BACKGROUND_CENTRES` of them (a seeded uniform
+    sample, sorted)."""
+    indices = np.flatnonzero(candidates)
+    if indices.size > BACKGROUND_CENTRES:
+        indices = np.sort(np.random.default_rng(0).choice(indices, BACKGROUND_CENTRES, replace=False))
+    return indices
 
 
 def model_space_input(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -120,11 +162,23 @@ def model_space_input(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
     return np.stack(image), occupied
 
 
+def axial_axes(axis_order: str) -> tuple[int, int]:
+    """The two array axes (of T, H, W) of the patient's axial plane (x and y), where quarter turns rotate:
+    (1, 2) for "zxy", (0, 1) for the authors' "yxz" (`RandRotate90d`'s default axes on their PLS arrays)."""
+    return tuple(sorted(axis_order.index(axis) for axis in "xy"))
+
+
 def crop_transform(
-    window: Sequence[int], crops_per_case: int, seed: int, class_ratios: Sequence[float] | None = None
+    window: Sequence[int],
+    crops_per_case: int,
+    seed: int,
+    class_ratios: Sequence[float] | None = None,
+    recipe: SegmentationRecipe = RECIPES["ours"],
+    rotate_axes: tuple[int, int] = (1, 2),
 ):
     """The MONAI training transform: pad to the window, pos/neg crops (or class-balanced crops with
-    `class_ratios` for background, GTVp, GTVn), flips, rot90 (square H, W), shift."""
+    `class_ratios` for background, GTVp, GTVn), flips, quarter turns in `rotate_axes` (when the window is
+    square there) and an intensity shift, with the `recipe`'s odds and background centres."""
     from monai.transforms import (
         Compose,
         RandCropByLabelClassesd,
@@ -146,7 +200,7 @@ def crop_transform(
                 neg=1,
                 num_samples=crops_per_case,
                 fg_indices_key="fg",
-                bg_indices_key="bg",
+                bg_indices_key=recipe.background_key,
             )
         ]
     else:
@@ -156,7 +210,7 @@ def crop_transform(
                 label_key="label",
                 spatial_size=list(window),
                 ratios=list(class_ratios),
-                num_classes=len(CLASS_INDEX_KEYS),
+                num_classes=3,
                 num_samples=crops_per_case,
                 indices_key="class_indices",
                 warn=False,
@@ -165,11 +219,13 @@ def crop_transform(
     steps = [
         SpatialPadd(keys, spatial_size=list(window)),
         *crops,
-        *(RandFlipd(keys, prob=FLIP_PROBABILITY, spatial_axis=axis) for axis in range(3)),
+        *(RandFlipd(keys, prob=recipe.flip_probability, spatial_axis=axis) for axis in range(3)),
     ]
-    if window[1] == window[2]:  # a quarter turn keeps the crop's shape only when H = W
-        steps.append(RandRotate90d(keys, prob=ROTATE_PROBABILITY, max_k=3, spatial_axes=(1, 2)))
-    steps.append(RandShiftIntensityd("image", offsets=SHIFT_OFFSET, prob=SHIFT_PROBABILITY))
+    first, second = rotate_axes
+    if window[first] == window[second]:  # a quarter turn keeps the crop's shape only when both sides match
+        steps.append(RandRotate90d(keys, prob=recipe.rotate_probability, max_k=3, spatial_axes=rotate_axes))
+    if recipe.shift_probability:
+        steps.append(RandShiftIntensityd("image", offsets=SHIFT_OFFSET, prob=recipe.shift_probability))
     return Compose(steps).set_random_state(seed=seed)
 
 
@@ -188,6 +244,8 @@ class SegmentationTask(NetworkTask):
         batch_size: int,
         crops_per_case: int,
         class_ratios: Sequence[float] | None = None,
+        recipe: SegmentationRecipe = RECIPES["ours"],
+        rotate_axes: tuple[int, int] = (1, 2),
         ranks: Ranks,
         dtype: torch.dtype | None,
         seed: int,
@@ -200,6 +258,7 @@ class SegmentationTask(NetworkTask):
         self.window, self.overlap, self.spacing = tuple(window), overlap, tuple(spacing)
         self.batch_size, self.crops_per_case = batch_size, crops_per_case
         self.class_ratios = None if class_ratios is None else tuple(class_ratios)
+        self.recipe, self.rotate_axes = recipe, rotate_axes
         self.ranks, self.dtype, self.seed = ranks, dtype, seed
         self.loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
         # Loading and cropping the next iteration's batch overlaps with this one's forward and backward; a
@@ -221,8 +280,12 @@ class SegmentationTask(NetworkTask):
             seed = step_seed(self.seed, step, self.ranks.rank + self.ranks.world_size * offset, CROP_STREAM)
             arrays = self.train.arrays(index)
             image, _ = model_space_input(arrays)
-            arrays = {**arrays, "image": image, "class_indices": [arrays[key] for key in CLASS_INDEX_KEYS]}
-            crops = crop_transform(self.window, self.crops_per_case, seed, self.class_ratios)(arrays)
+            centres = [arrays[key] for key in self.recipe.class_index_keys()]
+            arrays = {**arrays, "image": image, "class_indices": centres}
+            transform = crop_transform(
+                self.window, self.crops_per_case, seed, self.class_ratios, self.recipe, self.rotate_axes
+            )
+            crops = transform(arrays)
             for crop in crops:
                 images.append(convert_to_numpy(crop["image"], dtype=np.float32))
                 labels.append(convert_to_numpy(crop["label"], dtype=np.uint8))
@@ -268,6 +331,7 @@ class SegmentationTask(NetworkTask):
                 device=self.ranks.device,
                 dtype=self.dtype,
                 occupied=occupied,
+                blend=self.recipe.blend,
             )
             row = segmentation_case_metrics(labels, arrays["label"][0], self.spacing)
             table[index] = torch.tensor([float(row[key]) for key in keys], dtype=torch.float64)

@@ -4,6 +4,11 @@ Each fold carves its validation cases out of its own training cases, so model se
 fold (the authors selected on it: method-spec G2). The same cases and seed give the same split, whatever
 order the cases come in (they are sorted by id first).
 
+`--folds-file` takes such a JSON, or a CSV with a case-id column (`PatientID`, `case_id` or `id`) and a
+`fold` column, as the authors' `TNM_hector_prompts.csv` holds (`folds_from_csv`): each fold value's cases are
+one test fold, in ascending order of the values (fold 0 = the smallest), and validation is still carved from
+the other folds' cases unless `--select-on-test-fold` reproduces the authors' selection on the test fold.
+
 Stratification uses scikit-learn's `StratifiedKFold` on the key (event, centre). A stratum with fewer cases
 than folds cannot be spread over them, so its cases fall back to the key (event, any centre), and if that is
 still too small, to one shared stratum; each case keeps the finest key that is large enough. Cases without an
@@ -12,7 +17,9 @@ endpoint form their own event class ("?").
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -112,6 +119,78 @@ def holdout_split(cases: list[Case], val_fraction: float, seed: int) -> Splits:
     return Splits("holdout", seed, parameters, (Fold(0, first.train_ids, first.test_ids, ()),))
 
 
+CASE_ID_COLUMNS = ("patientid", "case_id", "case id", "id")  # headers of a folds CSV's case ids, lower-case
+
+
+def load_split_file(path: Path, cases: Sequence[Case], *, val_fraction: float, seed: int) -> Splits:
+    """A `--folds-file`: a CSV of case ids and folds (`.csv`, or any file not starting with `{`), else a
+    split JSON written by mafm3."""
+    path = Path(path)
+    try:
+        head = path.read_text(encoding="utf-8-sig")[:4096].lstrip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise MAFM3Error(
+            f"Cannot read the folds file {path} ({error}): give a CSV or a split JSON."
+        ) from error
+    if path.suffix.lower() == ".csv" or (path.suffix.lower() != ".json" and not head.startswith("{")):
+        return folds_from_csv(path, cases, val_fraction=val_fraction, seed=seed)
+    return Splits.load(path)
+
+
+def folds_from_csv(path: Path, cases: Sequence[Case], *, val_fraction: float, seed: int) -> Splits:
+    """Folds from a CSV of case id and fold (module docstring). Every listed case must be one of `cases`;
+    cases it does not list are left out of the split. Each fold's validation share is carved, stratified,
+    from its training side as in `kfold_split`."""
+    with open(path, newline="", encoding="utf-8-sig") as file:
+        reader = csv.DictReader(file)
+        headers = {str(name).strip().lower(): name for name in reader.fieldnames or []}
+        id_header = next((headers[name] for name in CASE_ID_COLUMNS if name in headers), None)
+        if id_header is None or "fold" not in headers:
+            raise MAFM3Error(
+                f"The folds file {path} needs a case-id column (PatientID, case_id or id) and a fold column; "
+                f"it has {', '.join(headers) or 'no header'}."
+            )
+        rows = [((row[id_header] or "").strip(), (row[headers["fold"]] or "").strip()) for row in reader]
+    folds_of: dict[str, int] = {}
+    for case_id, cell in rows:
+        try:
+            value = float(cell)
+        except ValueError:
+            value = math.nan
+        if not case_id or not value.is_integer():
+            raise MAFM3Error(
+                f"The folds file {path} has a row without a case id or an integer fold ({case_id!r}, "
+                f"{cell!r}): give every row both."
+            )
+        if case_id in folds_of:
+            raise MAFM3Error(f"Case {case_id} appears twice in the folds file {path}: list each case once.")
+        folds_of[case_id] = int(value)
+    by_id = {case.case_id: case for case in cases}
+    unknown = sorted(set(folds_of) - set(by_id))
+    if unknown:
+        raise MAFM3Error(
+            f"{len(unknown)} case(s) of the folds file {path} are not usable cases of this dataset for this "
+            f"task (the first is {unknown[0]}); remove their rows or add the cases."
+        )
+    labels = sorted(set(folds_of.values()))
+    if len(labels) < 2:
+        raise MAFM3Error(f"The folds file {path} holds {len(labels)} fold value(s); give at least 2 folds.")
+    listed = sorted((by_id[case_id] for case_id in folds_of), key=lambda c: c.case_id)
+    folds = []
+    for index, label in enumerate(labels):
+        test = [case for case in listed if folds_of[case.case_id] == label]
+        rest = [case for case in listed if folds_of[case.case_id] != label]
+        train, val = _carve_validation(rest, val_fraction, seed)
+        folds.append(Fold(index, _ids(train), _ids(val), _ids(test)))
+    parameters = {
+        "file": str(Path(path).resolve()),
+        "fold_values": labels,  # fold K is the K-th smallest value
+        "val_fraction": val_fraction,
+        "n_cases_not_in_file": len(by_id) - len(listed),
+    }
+    return Splits("folds-file", seed, parameters, tuple(folds))
+
+
 def training_fold(
     cases: list[Case],
     *,
@@ -120,12 +199,16 @@ def training_fold(
     split_seed: int,
     val_fraction: float,
     split_file: Path | None = None,
+    select_on_test_fold: bool = False,
 ) -> tuple[Splits, Fold]:
     """The split `mafm3 train` uses and its fold `fold`: the one in `split_file` (`--folds-file`, or the saved
     split of a resumed run), else a `k = folds` split when a fold is asked for, else a hold-out (fold 0).
-    Refuses folds that do not exist, training cases these cases lack, and test cases that overlap training."""
+    Refuses folds that do not exist, training cases these cases lack, and test cases that overlap training.
+
+    select_on_test_fold: the authors' selection (method-spec G2): the fold's validation cases train too, and
+    the returned fold validates (selects) on its test cases; the returned `Splits` stay as made."""
     if split_file is not None:
-        splits = Splits.load(split_file)
+        splits = load_split_file(split_file, cases, val_fraction=val_fraction, seed=split_seed)
     elif fold is not None:
         splits = kfold_split(cases, k=folds, seed=split_seed, val_fraction=val_fraction)
     else:
@@ -149,6 +232,11 @@ def training_fold(
         raise MAFM3Error("The split's test cases overlap its training cases; use a split made by mafm3.")
     if not chosen.train_ids:
         raise MAFM3Error("The split leaves no training cases; add cases.")
+    if select_on_test_fold:
+        if not chosen.test_ids:
+            raise MAFM3Error("--select-on-test-fold selects on a test fold: choose one with --fold K.")
+        train_ids = _ids_of(chosen.train_ids + chosen.val_ids)
+        chosen = Fold(chosen.index, train_ids, chosen.test_ids, chosen.test_ids)
     return splits, chosen
 
 
@@ -210,4 +298,8 @@ def _carve_validation(cases: list[Case], val_fraction: float, seed: int) -> tupl
 
 
 def _ids(cases: list[Case]) -> tuple[str, ...]:
-    return tuple(sorted(c.case_id for c in cases))
+    return _ids_of(c.case_id for c in cases)
+
+
+def _ids_of(case_ids) -> tuple[str, ...]:
+    return tuple(sorted(case_ids))
