@@ -225,7 +225,8 @@ def test_add_case_creates_a_new_dataset_keeping_geometry_and_writes_the_csv_rows
     pet = write_image(
         tmp_path / "in" / "pet.nrrd", np.ones((16, 16, 16), np.float32), spacing=(4.0, 4.0, 4.0)
     )
-    (tmp_path / "in" / "clinical.json").write_text(json.dumps({"age": 64, "sex": "F", "hpv": True}))
+    record = {"age": 64, "sex": "F", "hpv": True, "tnm_edition": 8, "report": "Biopsy, p16+, cT2."}
+    (tmp_path / "in" / "clinical.json").write_text(json.dumps(record))
     dataset = tmp_path / "new"
     extra = ["--pet", str(pet), "--clinical", str(tmp_path / "in" / "clinical.json"), "--id", "KIT-001",
              "--rfs", "730", "--relapse", "1", "--centre", "KIT"]  # fmt: skip
@@ -247,7 +248,10 @@ def test_add_case_creates_a_new_dataset_keeping_geometry_and_writes_the_csv_rows
     assert np.array_equal(sitk.GetArrayFromImage(stored_label), label_array())
     case = read_hecktor(dataset).cases[0]
     assert (case.case_id, case.rfs_days, case.relapse, case.centre) == ("KIT-001", 730.0, True, "KIT")
-    assert case.clinical == ClinicalRecord(age=64.0, sex="F", hpv=True)
+    assert case.clinical == ClinicalRecord(age=64.0, sex="F", hpv=True, tnm_edition=8)
+    # The report has no HECKTOR column: it is kept in reports.csv, read back with --reports.
+    reported = load_cohort(dataset).with_reports(dataset / "reports.csv").cases[0]
+    assert reported.clinical == ClinicalRecord(**{**record, "age": 64.0})
     assert case.pet == dataset / "imagesTr" / "KIT-001__PT.nii.gz"
     assert main(["dataset", "info", str(dataset), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -67,6 +67,7 @@ _TEXT_FIELDS = (
     "tnm_edition",
     "tnm_group",
 )  # parsed by ClinicalRecord
+REPORTS_CSV = "reports.csv"  # where `add_case` keeps a case's report
 REPORT_COLUMNS = ("text", "report")  # the report column of a --reports CSV (the authors' CSV calls it `text`)
 _FIELD_OF_HEADER = {header.lower(): field for header, field in _CLINICAL_COLUMNS.items()}
 _CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -410,8 +411,9 @@ def add_case(
 
     Images are converted to NIfTI with their geometry. The label must lie on the CT grid and hold only 0/1/2.
     The case id defaults to the CT's file name (without `__CT` and extensions). Clinical values (and the
-    centre, as CenterID) and the endpoint update that patient's CSV rows. Everything is checked before
-    anything is written; each file is written to a temp name and renamed.
+    centre, as CenterID) and the endpoint update that patient's CSV rows; a report goes to `reports.csv`
+    (PatientID, text), the file to give `--reports`. Everything is checked before anything is written; each
+    file is written to a temp name and renamed.
     """
     import SimpleITK as sitk
 
@@ -465,6 +467,10 @@ def add_case(
         row = {"PatientID": case_id, **(_clinical_cells(clinical) if clinical else {})}
         row.update({"CenterID": centre} if centre else {})
         _upsert_row(clinical_csv or root / "clinical.csv", row, ["PatientID", "CenterID", *_CLINICAL_COLUMNS])
+    if clinical is not None and clinical.report:  # no HECKTOR column holds it: beside, for --reports
+        _upsert_row(
+            root / REPORTS_CSV, {"PatientID": case_id, "text": clinical.report}, ["PatientID", "text"]
+        )
     return read_hecktor(root).select([case_id])[0]
 
 
