@@ -33,6 +33,8 @@ from MAFM3SlicerLib.clinical import (
     PERFORMANCE_STATUS_CHOICES,
     SEX_CHOICES,
     T_STAGE_CHOICES,
+    TNM_EDITION_CHOICES,
+    TNM_GROUP_CHOICES,
     UNKNOWN,
     YES_NO_CHOICES,
     panel_problems,
@@ -137,7 +139,7 @@ class MAFM3SlicerParameterNode:
     overlap - sliding-window overlap between neighbouring windows, as a fraction of the window.
     replaceEditedSegments - re-running replaces the skill's segments even where they were edited.
     prognosisTable, survivalChart - the prognosis results of the selected CT.
-    age ... mStage - clinical data for prognosis skills; "unknown" (or 0 for numbers) when not known.
+    age ... tnmGroup - clinical data for prognosis skills; "unknown" (or 0 for numbers) when not known.
     """
 
     inputCT: vtkMRMLScalarVolumeNode
@@ -161,6 +163,8 @@ class MAFM3SlicerParameterNode:
     tStage: Annotated[str, Choice(list(T_STAGE_CHOICES))] = UNKNOWN
     nStage: Annotated[str, Choice(list(N_STAGE_CHOICES))] = UNKNOWN
     mStage: Annotated[str, Choice(list(M_STAGE_CHOICES))] = UNKNOWN
+    tnmEdition: Annotated[str, Choice(list(TNM_EDITION_CHOICES))] = UNKNOWN
+    tnmGroup: Annotated[str, Choice(list(TNM_GROUP_CHOICES))] = UNKNOWN
 
 
 class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

@@ -19,6 +19,8 @@ PERFORMANCE_STATUS_CHOICES = (UNKNOWN, "0", "1", "2", "3", "4")  # ECOG
 T_STAGE_CHOICES = (UNKNOWN, "Tx", "Tis", "T1", "T2", "T3", "T4", "T4a", "T4b")  # AJCC/UICC, head and neck
 N_STAGE_CHOICES = (UNKNOWN, "Nx", "N0", "N1", "N2", "N2a", "N2b", "N2c", "N3", "N3a", "N3b")
 M_STAGE_CHOICES = (UNKNOWN, "Mx", "M0", "M1")
+TNM_EDITION_CHOICES = (UNKNOWN, "7", "8")  # AJCC/UICC edition of the stages
+TNM_GROUP_CHOICES = (UNKNOWN, "0", "I", "II", "III", "IV", "IVA", "IVB", "IVC")
 
 NUMBER_FIELDS = ("age", "weight")  # years, kg; 0 = unknown
 NUMBER_RANGES = {"age": (0.0, 120.0), "weight": (0.0, 300.0)}  # what the panel's spin boxes accept
@@ -36,6 +38,8 @@ CLINICAL_FIELDS = (
     "tStage",
     "nStage",
     "mStage",
+    "tnmEdition",
+    "tnmGroup",
 )
 CHOICES = {
     "sex": SEX_CHOICES,
@@ -44,6 +48,8 @@ CHOICES = {
     "tStage": T_STAGE_CHOICES,
     "nStage": N_STAGE_CHOICES,
     "mStage": M_STAGE_CHOICES,
+    "tnmEdition": TNM_EDITION_CHOICES,
+    "tnmGroup": TNM_GROUP_CHOICES,
 }
 
 
@@ -59,7 +65,7 @@ def clinical_record(panel: Mapping[str, object]) -> dict:
             continue
         if name in YES_NO_FIELDS:
             value = value == "yes"
-        elif name == "performanceStatus":
+        elif name in ("performanceStatus", "tnmEdition"):
             value = int(value)
         record[_snake_case(name)] = value
     return record
@@ -76,7 +82,11 @@ def panel_values(record: Mapping[str, object]) -> dict:
             continue
         if name in YES_NO_FIELDS and isinstance(value, bool):
             value = "yes" if value else "no"
-        elif name == "performanceStatus" and isinstance(value, int) and not isinstance(value, bool):
+        elif (
+            name in ("performanceStatus", "tnmEdition")
+            and isinstance(value, int)
+            and not isinstance(value, bool)
+        ):
             value = str(value)
         panel[name] = value if value in CHOICES[name] else UNKNOWN
     return panel
