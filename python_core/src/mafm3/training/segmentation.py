@@ -45,7 +45,7 @@ from mafm3.training.metrics import segmentation_case_metrics, segmentation_summa
 from mafm3.training.model_space import CachedCases, case_study
 from mafm3.training.trainer import Network, NetworkTask, Ranks, Validation, batch_indices, step_seed
 
-CACHE_KIND = "segmentation-v4"  # v4: background centres inside the body, and by the authors' rule
+CACHE_KIND = "segmentation-v5"  # v5: background centres in the CT's body, and by the authors' rule
 BACKGROUND_CENTRES = 20_000  # background voxels kept as candidate crop centres (a seeded uniform sample)
 SHIFT_OFFSET = 0.1
 
