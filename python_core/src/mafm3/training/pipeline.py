@@ -111,6 +111,7 @@ def _train(options: TrainOptions, ranks: Ranks, progress: ProgressCallback) -> T
         "batch_size_per_rank": batch_size,
         "crops_per_case": options.crops_per_case if task == "segmentation" else None,
         "crop_centres": crop_centres(options) if task == "segmentation" else None,
+        "class_ratios": list(options.class_ratios) if options.class_ratios else None,
         "world_size": ranks.world_size,
         "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
         "device": ranks.device.type,
