@@ -109,3 +109,15 @@ def test_the_gate_refuses_a_class_that_drops_beyond_its_noise_even_when_the_mean
 def test_options_out_of_range_are_refused_in_one_sentence(field, value, words):
     with pytest.raises(MAFM3Error, match=words):
         ImproveOptions(skill="s", dataset=Path("d"), out=Path("o"), **{field: value})
+
+
+def test_a_prognosis_skill_or_an_existing_out_is_refused_before_anything_trains(tmp_path, monkeypatch):
+    from mafm3.training.improve import improve
+
+    monkeypatch.setenv("MAFM3_HOME", str(tmp_path / "home"))
+    with pytest.raises(MAFM3Error, match="segmentation skills only"):
+        improve(ImproveOptions(skill="demo-prognosis", dataset=tmp_path, out=tmp_path / "new"))
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(MAFM3Error, match="never overwritten"):
+        improve(ImproveOptions(skill="demo-seg-ct", dataset=tmp_path, out=tmp_path / "taken"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["taken"]
