@@ -21,28 +21,52 @@ The first skill id of a request asks for a behaviour when it contains one of the
 | `user-error` | raises `MAFM3Error(USER_ERROR)` |
 | `bug` | raises `ZeroDivisionError` |
 | `crash` | the process exits at once with `CRASH_CODE` |
+
+`improve(params, progress, cancel)` answers the worker's `improve` op without training: it reports
+`IMPROVE_PROGRESS` (stages "train" and "evaluate"; with `slow` in the skill, train progress every 10 ms for up
+to 20 s first), then writes into `params["out"]` a new pack of the skill's active version (or `ID@VERSION`)
+with the next minor version (its manifest, and its weights file when the base pack has one) and a
+`comparison.json` naming `current` and `new`, with `FAKE_DICE` per class (`FAKE_DICE_WORSE` for the new
+version when the skill id contains `worse`, which the gate refuses). With `install` a passing new version is
+copied into MAFM3_HOME's skills and made active, as `mafm3 improve` installs it (without checking weights, so
+that manifest-only packs work); the result is the worker's improve record.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from mafm3.clinical import ClinicalRecord
+from mafm3.config import skills_dir
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.measurements import measure_lesions
 from mafm3.outputs import write_outputs
 from mafm3.results import PrognosisResult, SegmentationResult, StudyResult
+from mafm3.skills.manifest import WEIGHTS_FILE
+from mafm3.skills.packs import resolve_pack
 from mafm3.skills.registry import AvailableSkill, installed_and_shipped_skills
+from mafm3.skills.store import use_version
 
 USER_ERROR = "The fake skill refuses this study; choose another skill."
 CRASH_CODE = 3
 STDOUT_NOISE = "fake backbone loading"
 PROGRESS = [("read", 1.0, "study loaded"), ("inference", 0.5, "window 1 of 2"), ("inference", 1.0, "done")]
+IMPROVE_PROGRESS = [
+    ("train", 0.5, "iteration 1/2"),
+    ("train", 1.0, "iteration 2/2"),
+    ("evaluate", 1.0, "done"),
+]
+FAKE_DICE = {"current": {"GTVp": 0.5, "GTVn": 0.3}, "new": {"GTVp": 0.7, "GTVn": 0.4}}
+FAKE_DICE_WORSE = {"GTVp": 0.2, "GTVn": 0.1}
+FAKE_HELD_OUT = ["FAKE-001", "FAKE-002"]
 GTVN_OFFSET = 0.3  # GTVn's block starts this fraction of the size beyond GTVp's, along the first axis
 PROGNOSIS = PrognosisResult(
     risk=1.75,
@@ -131,7 +155,12 @@ class FakeEngine:
                 labels = fake_label_map(ct, {spec.name: spec.label for spec in segments})
                 uncertainty = sitk.Cast(labels > 0, sitk.sitkUInt8) * 50  # unsure inside the lesions
                 result.segmentation = SegmentationResult(
-                    labels, segments, manifest.id, manifest.version, uncertainty=uncertainty
+                    labels,
+                    segments,
+                    manifest.id,
+                    manifest.version,
+                    uncertainty=uncertainty,
+                    skill_weights_sha256=manifest.weights["sha256"],
                 )
                 result.segmentation.measurements = measure_lesions(
                     labels, [spec.label for spec in segments], ct, None, uncertainty
@@ -140,3 +169,59 @@ class FakeEngine:
                 result.prognosis = replace(PROGNOSIS, skill_id=manifest.id, skill_version=manifest.version)
         result.timings_s = {"total": 0.01}
         return result, write_outputs(result, out_dir, ct, overwrite=overwrite)
+
+    def improve(self, params: dict, progress, cancel=None) -> dict:
+        base_folder = resolve_pack(params["skill"])
+        base = json.loads((base_folder / "manifest.json").read_text())
+        if "slow" in base["id"]:
+            for step in range(2000):
+                progress("train", step / 2000, "slowly")
+                time.sleep(0.01)
+        for stage, fraction, message in IMPROVE_PROGRESS:
+            progress(stage, fraction, message)
+        from mafm3.skills.manifest import SkillManifest
+        from mafm3.training.improve import COMPARISON_FILE, new_version
+
+        version = new_version(SkillManifest.from_dict(base))
+        new_dice = FAKE_DICE_WORSE if "worse" in base["id"] else FAKE_DICE["new"]
+        dice = {"current": FAKE_DICE["current"], "new": new_dice}
+        passed = sum(new_dice.values()) >= sum(FAKE_DICE["current"].values())
+        out = Path(params["out"]).resolve()
+        if out.exists():
+            raise MAFM3Error(f"{out} already exists and packs are never overwritten; choose a new --out.")
+        out.mkdir(parents=True)
+        (out / "manifest.json").write_text(json.dumps({**base, "version": version}, indent=2))
+        if (base_folder / WEIGHTS_FILE).is_file():
+            shutil.copyfile(base_folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
+        installed = bool(params.get("install")) and passed
+        if installed:  # a copy, as `install_pack` makes, which would refuse a manifest-only pack
+            shutil.copytree(out, skills_dir() / f"{base['id']}-{version}")
+            use_version(base["id"], version)
+        message = (
+            f"{base['id']} {version} is installed and active."
+            if installed
+            else f"{base['id']} {version} is not installed; {base['version']} stays."
+        )
+        comparison = {
+            "skill": base["id"],
+            "versions": {
+                "current": {"id": base["id"], "version": base["version"]},
+                "new": {"id": base["id"], "version": version},
+            },
+            "held_out_case_ids": FAKE_HELD_OUT,
+            "metrics": {
+                name: {
+                    "n_cases": len(FAKE_HELD_OUT),
+                    "classes": {
+                        cls: {"dice_mean": value, "hd95_mm_mean": 5.0} for cls, value in values.items()
+                    },
+                    "dice_mean_over_classes": sum(values.values()) / len(values),
+                }
+                for name, values in dice.items()
+            },
+            "gate": {"passed": passed, "reasons": [] if passed else ["mean Dice over classes fell"]},
+            "installed": installed,
+            "message": message,
+        }
+        (out / COMPARISON_FILE).write_text(json.dumps(comparison, indent=2))
+        return {"comparison": comparison, "pack": str(out), "installed": installed, "message": message}

@@ -197,6 +197,24 @@ def test_case_cache_recomputes_only_when_the_config_or_a_source_file_changes(hec
     assert len(calls) == 3
 
 
+def test_content_hash_follows_the_image_bytes_not_the_case_id(hecktor, tmp_path):
+    cases = {case.case_id: case for case in read_hecktor(hecktor)}
+    # MDA-002 and P7 hold the same CT bytes; MDA-002 also has a label, P7 none.
+    assert cases["MDA-002"].content_sha256() != cases["P7"].content_sha256()
+    copy = tmp_path / "copy"
+    for case in cases.values():  # the same files under other ids, in another folder
+        for path in case.files():
+            target = copy / path.parent.name / path.name.replace(case.case_id, f"X{case.case_id}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    copied = {case.case_id: case for case in read_hecktor(copy)}
+    assert {f"X{i}": case.content_sha256() for i, case in cases.items()} == {
+        i: case.content_sha256() for i, case in copied.items()
+    }
+    write_image(cases["P7"].ct, ct_array() + 1)  # same id, other content
+    assert read_hecktor(hecktor).select(["P7"])[0].content_sha256() != copied["XP7"].content_sha256()
+
+
 def add_case_args(dataset, ct, label, *extra):
     return ["dataset", "add-case", "--dataset", str(dataset), "--ct", str(ct), "--label", str(label), *extra]
 

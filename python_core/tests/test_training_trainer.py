@@ -92,6 +92,10 @@ def test_training_lowers_the_loss_and_writes_an_installable_pack_with_its_proven
         training["dataset"]["path"] == str(lab.cohort.resolve()) and training["dataset"]["n_cases"] == N_CASES
     )
     assert len(training["dataset"]["case_list_sha256"]) == 64
+    assert training["recipe"] == "ours"
+    cohort = load_cohort(lab.cohort)
+    seen = cohort.select(fold["train_ids"] + fold["val_ids"])
+    assert training["case_content_sha256"] == {case.case_id: case.content_sha256() for case in seen}
     assert training["hyperparameters"]["lr"] == 1e-3 and training["hyperparameters"]["optimizer"] == "AdamW"
     assert training["iterations"] == 24 and training["selected_iteration"] in (8, 16, 24)
     validations = [entry["validation"] for entry in read_log(result.work) if "validation" in entry]

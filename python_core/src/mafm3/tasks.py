@@ -6,3 +6,6 @@ choices all read the one list.
 
 TASKS = ("segmentation", "prognosis", "classification")
 TRAINABLE_TASKS = ("segmentation", "prognosis")  # classification is CT-CLIP's zero-shot path: nothing trains
+# How `mafm3 train` trains: "ours" (our corrected defaults) or "authors" (the authors' choices where a recipe
+# item is not a preset field; the `-authors` presets hold the rest; README "Reproducing the paper").
+RECIPES = ("ours", "authors")

@@ -10,7 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-from mafm3.tasks import TRAINABLE_TASKS
+from mafm3.tasks import RECIPES, TRAINABLE_TASKS
 
 HELP = "train a segmentation or prognosis skill (or the UNETR baseline) on a dataset into a new skill pack"
 
@@ -82,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-5)")
     parser.add_argument(
         "--val-every", type=int, help="iterations between validations (default 500 / one epoch)"
+    )
+    parser.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default="ours",
+        help="training recipe: ours (default, corrected) or the authors' (README: Reproducing the paper)",
     )
     parser.add_argument("--seed", type=int, default=42, help="seed of the initialisation and the data draws")
     parser.add_argument("--resume", action="store_true", help="continue the run checkpointed in <out>.work")

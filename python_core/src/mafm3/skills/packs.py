@@ -262,20 +262,24 @@ def is_shipped_folder(folder: Path) -> bool:
 
 
 def resolve_pack(name_or_path: str | Path) -> Path:
-    """A pack folder or zip given as a path, else the newest version of a skill id, installed or shipped with
-    mafm3 (installed first). Raises `MAFM3Error` when it is none of these."""
-    from mafm3.skills.registry import version_key
+    """A pack folder or zip given as a path, else a skill id's active version (`skills.store`: the one chosen
+    with `mafm3 skill use`, else the newest), or `ID@VERSION`, installed or shipped with mafm3 (installed
+    first). Raises `MAFM3Error` when it is none of these."""
+    from mafm3.skills.store import active_version, split_reference
 
     path = Path(name_or_path)
     if path.exists():
         return path
-    for root in (skills_dir(), bundled_skills_dir()):
-        folders = installed_pack_folders(str(name_or_path), root=root)
-        if folders:
-            return max(folders, key=lambda folder: version_key(SkillManifest.read(folder).version))
+    skill_id, version = split_reference(str(name_or_path))
+    found = {}  # version -> folder, installed before shipped
+    for root in (bundled_skills_dir(), skills_dir()):
+        for folder in installed_pack_folders(skill_id, version, root=root):
+            found[SkillManifest.read(folder).version] = folder
+    if found:
+        return found[active_version(skill_id, set(found)) if version is None else version]
     raise MAFM3Error(
         f"{name_or_path} is not a skill pack folder or .zip, nor an installed or shipped skill id; give the "
-        "pack's folder or .zip, or an id that `mafm3 skill list` shows."
+        "pack's folder or .zip, or an id (or ID@VERSION) that `mafm3 skill list` shows."
     )
 
 

@@ -93,18 +93,10 @@ def evaluate(
         rows, outcomes = [], []
         for number, case in enumerate(cases):
             progress("evaluate", number / len(cases), f"case {case.case_id} ({number + 1} of {len(cases)})")
-            study = case_study(case)
             if task == "segmentation":
-                reference = read_image(case.label)[0]
-                try:
-                    rows.append({"case_id": case.case_id, **image_case_metrics(predict(study), reference)})
-                except ValueError as error:
-                    raise MAFM3Error(
-                        f"The label of case {case.case_id} is not on its CT grid ({error}); export it on "
-                        "the CT's geometry."
-                    ) from error
+                rows.append(_segmentation_row(predict, case))
             else:
-                outcome = predict(study)
+                outcome = predict(case_study(case))
                 outcomes.append(outcome)
                 rows.append(_prognosis_row(case, outcome))
         progress("evaluate", 1.0, f"{len(cases)} cases")
@@ -131,6 +123,40 @@ def evaluate(
     }
     write_metrics(out, summary, rows)
     return summary
+
+
+def segmentation_rows(
+    pack: str | Path,
+    cases: list[Case],
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    dense: bool = False,
+    progress: ProgressCallback = silent_progress,
+) -> list[dict]:
+    """The per-case metrics rows (`image_case_metrics` with `case_id`) of a segmentation skill pack on
+    `cases`, each segmented by the engine exactly as `mafm3 run` and `evaluate` segment it."""
+    from mafm3.skills.packs import verify_pack
+
+    folder = resolve_pack(pack)
+    predict = _engine_predictor(AvailableSkill(verify_pack(folder), folder), device, precision, dense)
+    rows = []
+    for number, case in enumerate(cases):
+        progress("evaluate", number / len(cases), f"case {case.case_id} ({number + 1} of {len(cases)})")
+        rows.append(_segmentation_row(predict, case))
+    progress("evaluate", 1.0, f"{len(cases)} cases")
+    return rows
+
+
+def _segmentation_row(predict: Callable, case: Case) -> dict:
+    reference = read_image(case.label)[0]
+    try:
+        return {"case_id": case.case_id, **image_case_metrics(predict(case_study(case)), reference)}
+    except ValueError as error:
+        raise MAFM3Error(
+            f"The label of case {case.case_id} is not on its CT grid ({error}); export it on the CT's "
+            "geometry."
+        ) from error
 
 
 def _engine_predictor(skill: AvailableSkill, device: str, precision: str, dense: bool) -> Callable:

@@ -10,6 +10,7 @@ import torch
 
 from mafm3.engine.device import autocast_dtype
 from mafm3.errors import MAFM3Error
+from mafm3.tasks import RECIPES
 from mafm3.training.trainer import Schedule, steps_per_epoch
 
 DEFAULT_PRESETS = {
@@ -68,8 +69,11 @@ class TrainOptions:
     weight_decay: float | None = None
     val_every: int | None = None  # iterations
     cache: Path | None = None  # default <MAFM3_HOME>/cache
+    recipe: str = "ours"  # one of mafm3.tasks.RECIPES
 
     def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise MAFM3Error(f"Unknown --recipe {self.recipe!r}: use {' or '.join(RECIPES)}.")
         if self.class_ratios is not None:
             if self.task != "segmentation":
                 raise MAFM3Error("--class-ratios places segmentation crops; drop it when training prognosis.")
