@@ -91,8 +91,8 @@ def prepare_improvement(
     parent_dir: str | Path | None = None,
 ) -> tuple[dict, Path]:
     """The folder and the worker's `improve` parameters for fine-tuning skill `skill_id` at `version` (the
-    active one) on the saved cases of `dataset`; the new pack is written to the folder's `out/` and installed
-    beside the current version when it is not worse on the held-out cases (`install`), never switched to.
+    active one) on the saved cases of `dataset`. The new pack is written to the folder's `out/` and not
+    installed (`install` false): the panel asks the annotator first (`improvement`).
 
     iterations, holdout: None for the core's defaults.
     Raises:
@@ -108,7 +108,7 @@ def prepare_improvement(
         "skill": f"{skill_id}@{version}",
         "dataset": str(dataset),
         "out": str(folder / OUTPUT_FOLDER),
-        "install": True,
+        "install": False,
     }
     if iterations is not None:
         params["iterations"] = int(iterations)

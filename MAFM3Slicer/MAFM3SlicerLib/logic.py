@@ -397,8 +397,10 @@ class ModuleLogic:
                 f"{improvement.skill_id} {improvement.new_version} is worse on the held-out cases; "
                 f"{improvement.current_version} stays."
             )
-        self.installSkillPack(improvement.pack)
-        message = self.useSkillVersion(improvement.skill_id, improvement.new_version)
+        self.installSkillPack(improvement.pack)  # the highest version now, which may make it active already
+        message = self.useSkillVersion(
+            improvement.skill_id, improvement.new_version, previous=improvement.current_version
+        )
         self.declineImprovement()  # installed: its job folder is not needed any more
         return message
 
@@ -408,10 +410,13 @@ class ModuleLogic:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def useSkillVersion(self, skillId: str, version: str) -> str:
+    def useSkillVersion(self, skillId: str, version: str, previous: str | None = None) -> str:
         """Make `version` the active version of a skill (the one runs use; the worker reads it at each run);
-        the version active until now is remembered for going back. Returns the core's message."""
-        before = next((s.version for s in self.availableSkills() if s.id == skillId and s.active), None)
+        `previous` (default: the version active until now) is remembered for going back. Returns the core's
+        message."""
+        before = previous or next(
+            (s.version for s in self.availableSkills() if s.id == skillId and s.active), None
+        )
         message = run_command(
             skill_use_command(self.pythonExecutable, skillId, version), env=self.workerEnvironment
         )
