@@ -222,6 +222,7 @@ def test_saved_corrections_improve_the_skill_the_panel_switches_to_it_and_back(l
 
 
 def test_a_case_drawn_by_hand_is_saved_without_a_correction_record(logic, mrml_scene, tmp_path):
+    run_skill(logic, ct_node(mrml_scene, (20, 24, 28), "Another CT"))  # a prediction, of another segmentation
     ct = ct_node(mrml_scene, (20, 24, 28), "CT")
     segmentation = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Drawn")
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ct)
