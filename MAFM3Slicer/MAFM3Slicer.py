@@ -364,12 +364,12 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateApplyButton(self) -> None:
         if self._parameterNode is None:
             return  # the module is not shown; enter() updates it
+        self._updateImproveButton()
         if self.logic.installing:
             self.ui.applyButton.text = _("Installing...")
             self.ui.applyButton.toolTip = _("Installing PyTorch and the mafm3 core; see the progress below")
             self.ui.applyButton.enabled = False
             return
-        self._updateImproveButton()
         if self.logic.jobRunning:
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the running job")
@@ -418,10 +418,9 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             chosen = next((s.id for s in self._selectedSkills() if s.task == "segmentation"), None)
         wasBlocked = combo.blockSignals(True)
         combo.clear()
+        # Corrections are masks: only segmentation skills learn from them.
         for skill in active_skills(self._skills):
-            if (
-                skill.task == "segmentation"
-            ):  # corrections are masks: only segmentation skills learn from them
+            if skill.task == "segmentation":
                 combo.addItem(_("{label} (active)").format(label=skill.label), skill.id)
         index = combo.findData(chosen) if chosen else -1
         combo.currentIndex = index if index >= 0 else 0
@@ -645,18 +644,18 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = _("RTSTRUCT written to {path}.").format(path=written)
 
     def _datasetFolder(self) -> str:
-        """The dataset folder of the path box; asked for (and put in the box) when it is empty."""
+        """The dataset folder of the path box, asked for when it is empty; kept in the box's history (the
+        application settings), which restores the most recent one in the next session."""
         import qt
 
-        dataset = self.ui.datasetPathLineEdit.currentPath
-        if not dataset:
-            dataset = qt.QFileDialog.getExistingDirectory(
+        pathBox = self.ui.datasetPathLineEdit
+        if not pathBox.currentPath:
+            pathBox.currentPath = qt.QFileDialog.getExistingDirectory(
                 slicer.util.mainWindow(), _("Training dataset folder (HECKTOR 2022 layout; created if empty)")
             )
-            if dataset:
-                self.ui.datasetPathLineEdit.currentPath = dataset
-                self.ui.datasetPathLineEdit.addCurrentPathToHistory()
-        return dataset
+        if pathBox.currentPath:
+            pathBox.addCurrentPathToHistory()
+        return pathBox.currentPath
 
     def onSaveCase(self) -> None:
         import qt
@@ -690,7 +689,9 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- improving a skill, its versions -------------------------------------------------------------------
 
     def _updateImproveButton(self) -> None:
+        """Improve becomes Cancel while an improve runs; nothing else starts or switches during a job."""
         running = self.logic.runningOp
+        self.ui.useVersionButton.enabled = running is None
         if running == "improve":
             self.ui.improveButton.text = _("Cancel improvement")
             self.ui.improveButton.enabled = True
@@ -698,7 +699,6 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.improveButton.text = _("Improve skill from saved cases...")
         hasSkill = self.ui.improveSkillComboBox.count > 0
         self.ui.improveButton.enabled = running is None and not self.logic.installing and hasSkill
-        self.ui.useVersionButton.enabled = running is None
 
     def onImproveButton(self) -> None:
         if self.logic.runningOp == "improve":
