@@ -28,7 +28,7 @@ Requests and the events that answer them:
   `sr` (default false), as for `mafm3 run`. `stage` names the step (e.g. "read", "inference", "write"),
   `fraction` is in [0, 1] within it. One run at a time: a run sent while another runs gets a user error.
 - `{"id", "op": "improve", "params": {"skill", "dataset", "out", "iterations", "holdout", "install"}}` ->
-  progress events as for `run` (stages "preprocess", "train", "evaluate", "install"), then exactly one of
+  progress events as for `run` (stages "preprocess", "train", "evaluate"), then exactly one of
   `result`, `error` or `cancelled`. `params` are the fields of `mafm3.training.improve.ImproveOptions`, as
   for `mafm3 improve`: `skill` ("ID" for its active version, or "ID@VERSION"), `dataset` (a HECKTOR-layout
   folder of saved cases), `out` (the new pack folder, must not exist), optional `iterations`, `holdout`

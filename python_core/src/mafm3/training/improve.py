@@ -74,7 +74,9 @@ class ImproveOptions:
 
     def __post_init__(self) -> None:
         self.dataset, self.out = Path(self.dataset), Path(self.out)
-        if not 0 < float(self.holdout) < 1:
+        self.holdout = DEFAULT_HOLDOUT if self.holdout is None else float(self.holdout)  # (JSON null)
+        self.install = bool(self.install)
+        if not 0 < self.holdout < 1:
             raise MAFM3Error(
                 f"--holdout is the share of cases held out, between 0 and 1; got {self.holdout}."
             )
@@ -135,12 +137,9 @@ def improve(
     splits, scheme = held_out_splits(cases, options.holdout, options.seed)
     held_out = sorted(case_id for fold in splits for case_id in fold.test_ids)
     version = new_version(base)
-    staging = out.with_name(f".{out.name}.improving")
+    # One name for every rank of a torchrun job (its run id), another for each run.
+    staging = out.with_name(f".{out.name}.improving-{os.environ.get('TORCHELASTIC_RUN_ID', os.getpid())}")
     main = _rank() == 0
-    if main and staging.exists():
-        if _world_size() > 1:
-            raise MAFM3Error(f"{staging} is left from an earlier improve; remove it and start again.")
-        shutil.rmtree(staging)
     try:
         packs = _fine_tune(options, base_folder, base, splits, scheme, version, staging, progress)
         if not main:
@@ -452,7 +451,3 @@ def _cancellable(progress: ProgressCallback, cancel: threading.Event | None) -> 
 
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
-
-
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
