@@ -69,10 +69,9 @@ class ModuleLogic:
         self.predictions: dict[str, Prediction] = {}
         self.clock = time.monotonic  # when a result is imported, when its correction is saved
         self.previousVersions: dict[str, str] = {}  # skill id -> the version active before the last switch
-        self.improvement: Improvement | None = (
-            None  # the last improve's new version, until adopted or declined
-        )
-        self._improvementFolder = None  # its job folder (the new pack is in it)
+        # The last improve's new version until adopted or declined, and its job folder (which holds the pack).
+        self.improvement: Improvement | None = None
+        self._improvementFolder = None
 
     # -- study, clinical data, skills ---------------------------------------------------------------------
 
