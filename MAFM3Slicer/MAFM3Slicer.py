@@ -726,6 +726,7 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 dataset,
                 iterations=parameters.improveIterations or None,
                 holdout=parameters.improveHoldout or None,
+                device=parameters.device,
             )
             self.ui.comparisonBrowser.clear()
             self.ui.progressBar.value = 0

@@ -111,3 +111,18 @@ def test_a_worse_version_is_shown_with_the_gates_reasons():
 def test_a_result_without_the_versions_is_refused_as_incompatible():
     with pytest.raises(KeyError):
         Improvement.from_record({"comparison": {"metrics": {}}, "pack": "/tmp/p"})
+
+
+def test_the_panels_improve_request_is_one_the_cores_improve_takes(tmp_path):
+    from mafm3.training.improve import DEFAULT_HOLDOUT, ImproveOptions
+    from MAFM3SlicerLib.jobs import prepare_improvement
+
+    params, folder = prepare_improvement(
+        "demo-seg-ct", "1.0.0", tmp_path, iterations=200, holdout=0.3, device="cpu", parent_dir=tmp_path
+    )
+    options = ImproveOptions(**params)  # what the worker builds from the request (unknown fields refused)
+
+    assert (options.skill, options.dataset, options.out) == ("demo-seg-ct@1.0.0", tmp_path, folder / "out")
+    assert (options.iterations, options.holdout, options.device, options.install) == (200, 0.3, "cpu", False)
+    defaults = ImproveOptions(**prepare_improvement("demo-seg-ct", "1.0.0", tmp_path, parent_dir=tmp_path)[0])
+    assert (defaults.iterations, defaults.holdout, defaults.device) == (None, DEFAULT_HOLDOUT, "auto")

@@ -88,13 +88,14 @@ def prepare_improvement(
     dataset: str | Path,
     iterations: int | None = None,
     holdout: float | None = None,
+    device: str = "auto",
     parent_dir: str | Path | None = None,
 ) -> tuple[dict, Path]:
     """The folder and the worker's `improve` parameters for fine-tuning skill `skill_id` at `version` (the
     active one) on the saved cases of `dataset`. The new pack is written to the folder's `out/` and not
     installed (`install` false): the panel asks the annotator first (`improvement`).
 
-    iterations, holdout: None for the core's defaults.
+    iterations, holdout: None for the core's defaults. device: "auto", "cuda" or "cpu", as for runs.
     Raises:
         PanelError: the dataset folder does not exist.
     """
@@ -109,6 +110,7 @@ def prepare_improvement(
         "dataset": str(dataset),
         "out": str(folder / OUTPUT_FOLDER),
         "install": False,
+        "device": device,
     }
     if iterations is not None:
         params["iterations"] = int(iterations)

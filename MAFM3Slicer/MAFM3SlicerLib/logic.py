@@ -355,12 +355,13 @@ class ModuleLogic:
         datasetDir,
         iterations: int | None = None,
         holdout: float | None = None,
+        device: str = "auto",
     ):
         """Send an `improve` job to the worker: fine-tune the skill's `version` (its active one) on the saved
         cases of `datasetDir` and compare both versions on held-out cases; nothing is installed (see
         `adoptImprovement`). Follow it with pollJob (or waitForJob); Cancel as for runs."""
         params, folder = prepare_improvement(
-            skillId, version, datasetDir, iterations, holdout, parent_dir=self.temporaryDir
+            skillId, version, datasetDir, iterations, holdout, device, parent_dir=self.temporaryDir
         )
         try:
             return self.runner.submit(params, folder, {"skill": skillId, "version": version}, op="improve")
