@@ -685,6 +685,7 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.clinicalRecord({name: getattr(parameters, name) for name in CLINICAL_FIELDS}),
                 caseId,
             ).strip()
+            self.ui.datasetEffortLabel.text = "\n".join(self.logic.datasetEffort(dataset))
 
     # -- improving a skill, its versions -------------------------------------------------------------------
 
@@ -720,6 +721,7 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         parameters = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to start improving the skill."), waitCursor=True):
+            self.ui.datasetEffortLabel.text = "\n".join(self.logic.datasetEffort(dataset))
             self.logic.startImprovement(
                 skill.id,
                 skill.version,

@@ -180,6 +180,13 @@ def test_saved_corrections_improve_the_skill_the_panel_switches_to_it_and_back(l
         "dice_prediction_vs_correction": 0.0,
     }
     assert recorded(record_2, "GTVp")["dice_prediction_vs_correction"] == 1.0
+    # The effort the panel shows for the dataset: the mean of the two cases per segment, and of the times.
+    gtvp_dice = np.mean([expected_counts(gtvp_1, corrected_gtvp_1)["dice_prediction_vs_correction"], 1.0])
+    assert logic.datasetEffort(dataset) == [
+        "2 cases labelled, 2 with a correction record.",
+        f"demo-seg-ct 1.0.0: 2 cases, Dice of prediction vs correction GTVp {gtvp_dice:.3f}, GTVn 0.500; "
+        "66 s editing on average.",
+    ]
 
     # Improve: progress from the worker, then the comparison; nothing is installed before the answer.
     logic.startImprovement(SKILL_ID, "1.0.0", dataset)

@@ -9,7 +9,7 @@ import pytest
 
 from mafm3.training.improve import gate, paired_difference
 from mafm3.training.metrics import segmentation_summary
-from MAFM3SlicerLib.improvement import Improvement
+from MAFM3SlicerLib.improvement import Improvement, effort_lines
 
 # Held-out cases: Dice and HD95 per class; GTVn is absent from every case (Dice undefined, as the core
 # computes it for two empty masks).
@@ -126,3 +126,24 @@ def test_the_panels_improve_request_is_one_the_cores_improve_takes(tmp_path):
     assert (options.iterations, options.holdout, options.device, options.install) == (200, 0.3, "cpu", False)
     defaults = ImproveOptions(**prepare_improvement("demo-seg-ct", "1.0.0", tmp_path, parent_dir=tmp_path)[0])
     assert (defaults.iterations, defaults.holdout, defaults.device) == (None, DEFAULT_HOLDOUT, "auto")
+
+
+def test_the_effort_of_a_version_without_a_defined_dice_or_time_reads_n_a():
+    info = {
+        "with_label": 3,
+        "corrections": {
+            "cases_with_record": 1,
+            "by_skill_version": {
+                "seg@2.0.0": {
+                    "cases": 1,
+                    "mean_editing_seconds": None,
+                    "GTVp": {"mean_dice_prediction_vs_correction": 0.8125},
+                    "GTVn": {"mean_dice_prediction_vs_correction": None},
+                }
+            },
+        },
+    }
+    assert effort_lines(info) == [
+        "3 cases labelled, 1 with a correction record.",
+        "seg 2.0.0: 1 case, Dice of prediction vs correction GTVp 0.812, GTVn n/a.",
+    ]

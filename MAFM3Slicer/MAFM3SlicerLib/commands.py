@@ -90,6 +90,12 @@ def add_case_command(
     return command + (["--overwrite"] if overwrite else [])
 
 
+def dataset_info_command(python, dataset) -> list[str]:
+    """Summarise a training dataset as JSON (`mafm3 dataset info --json`): its cases, and per skill version
+    the correction records' mean Dice of prediction vs correction and editing time."""
+    return mafm3_command(python, "dataset", "info", "--json", dataset)
+
+
 def pip_install_command(python, arguments: Sequence[str | os.PathLike]) -> list[str]:
     """`<python> -m pip install <arguments...>`: what `slicer.util.pip_install` runs, as a list.
 

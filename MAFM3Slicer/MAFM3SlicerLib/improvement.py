@@ -1,4 +1,5 @@
-"""An improved skill version as the panel shows it: the worker's `improve` result, read (Qt-free).
+"""An improved skill version as the panel shows it: the worker's `improve` result, read (Qt-free); and the
+annotators' effort per skill version that improving should reduce (`effort_lines`).
 
 The worker fine-tunes the skill's active version on the dataset's saved cases and compares the current and
 the new version on held-out cases it never trained on (`mafm3.training.improve`; its result holds the content
@@ -153,6 +154,39 @@ class Improvement:
         else:
             verdict = "Worse: " + ("; ".join(self.reasons) or "the gate refused it") + "."
         return "<br>".join([header, table, _escape(verdict), _escape(self.message)])
+
+
+def effort_lines(info: Mapping) -> list[str]:
+    """The annotators' effort per skill version, from `mafm3 dataset info --json`: how close the predictions
+    were to what was saved (mean Dice of prediction vs correction per segment; 1: nothing to change) and the
+    mean editing time. It is what improving a skill should raise from version to version."""
+    corrections = info.get("corrections") or {}
+    lines = [
+        f"{_cases(info.get('with_label', 0))} labelled, {corrections.get('cases_with_record', 0)} with a "
+        "correction record."
+    ]
+    for version, entry in (corrections.get("by_skill_version") or {}).items():
+        dice = ", ".join(
+            f"{name} {_dice_text(values.get('mean_dice_prediction_vs_correction'))}"
+            for name, values in entry.items()
+            if isinstance(values, Mapping)
+        )
+        seconds = _number(entry.get("mean_editing_seconds"))
+        editing = f"; {seconds:.0f} s editing on average" if seconds is not None else ""
+        lines.append(
+            f"{version.replace('@', ' ')}: {_cases(entry.get('cases', 0))}, Dice of prediction vs correction "
+            f"{dice}{editing}."
+        )
+    return lines
+
+
+def _cases(count: int) -> str:
+    return f"{count} case" + ("" if count == 1 else "s")
+
+
+def _dice_text(value) -> str:
+    number = _number(value)
+    return "n/a" if number is None else f"{number:.3f}"
 
 
 def _class_metrics(metrics: Mapping, version: str, name: str) -> Mapping:

@@ -9,6 +9,7 @@ the demo study, skill packs, training cases with their correction records, and i
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from MAFM3SlicerLib.clinical import clinical_record
 from MAFM3SlicerLib.clinical_outputs import export_rtstruct
 from MAFM3SlicerLib.commands import (
     add_case_command,
+    dataset_info_command,
     run_command,
     skill_install_command,
     skill_use_command,
@@ -36,7 +38,7 @@ from MAFM3SlicerLib.dependencies import (
     restart_needed,
 )
 from MAFM3SlicerLib.errors import PanelError
-from MAFM3SlicerLib.improvement import Improvement
+from MAFM3SlicerLib.improvement import Improvement, effort_lines
 from MAFM3SlicerLib.install import BackgroundInstall
 from MAFM3SlicerLib.jobs import JobRunner, JobUpdate, prepare_improvement, prepare_job
 from MAFM3SlicerLib.result_nodes import ImportedResults, import_results, segment_volumes_ml
@@ -345,6 +347,14 @@ class ModuleLogic:
                 editing_seconds=None if prediction is None else self.clock() - prediction.imported_at,
             )
             return run_command(command, env=self.workerEnvironment)
+
+    def datasetEffort(self, datasetDir) -> list[str]:
+        """The dataset's cases and, per skill version, the annotators' effort from the correction records
+        (`improvement.effort_lines`), as the core's `mafm3 dataset info` counts them."""
+        info = run_command(
+            dataset_info_command(self.pythonExecutable, datasetDir), env=self.workerEnvironment
+        )
+        return effort_lines(json.loads(info))
 
     # -- skill versions, improving a skill ----------------------------------------------------------------
 
