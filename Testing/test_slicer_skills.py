@@ -60,7 +60,8 @@ def test_only_skills_whose_inputs_are_selected_are_offered_each_in_the_version_t
 
 
 def test_a_version_chosen_with_skill_use_is_the_one_offered_and_the_others_stay_listed(packs):
-    from mafm3.skills.store import installed_and_shipped_manifests, use_version
+    from mafm3.skills.registry import installed_and_shipped_skills
+    from mafm3.skills.store import use_version
 
     use_version("seg-ct", "1.0.0")  # back from 2.0.0, as `mafm3 skill use seg-ct@1.0.0` does
 
@@ -70,8 +71,12 @@ def test_a_version_chosen_with_skill_use_is_the_one_offered_and_the_others_stay_
         ("1.0.0", True),
         ("2.0.0", False),
     ]
-    from_worker = skills_from_manifests(installed_and_shipped_manifests())  # marked `active` by the core
-    assert ids(active_skills(from_worker)) == ids(active_skills(skills))
+    # The worker's `list_skills` answer: each manifest with its folder and `active` (mafm3.worker).
+    listed = [
+        {**skill.manifest.to_dict(), "path": str(skill.folder), "active": skill.active}
+        for skill in installed_and_shipped_skills()
+    ]
+    assert ids(active_skills(skills_from_manifests(listed))) == ids(active_skills(skills))
 
 
 def test_versions_are_ordered_as_the_registry_orders_them():
