@@ -209,22 +209,42 @@ class FakeEngine:
             if installed
             else f"{base['id']} {version} is not installed; {base['version']} stays."
         )
+
+        def summary(values: dict) -> dict:  # the shape of `training.metrics.segmentation_summary`
+            classes = {
+                name: {
+                    "dice_mean": dice,
+                    "dice_mean_ci": {"low": dice - 0.1, "high": dice + 0.1},
+                    "hd95_mm_mean": 5.0,
+                    "hd95_mm_mean_ci": {"low": 4.0, "high": 6.0},
+                }
+                for name, dice in values.items()
+            }
+            return {
+                "n_cases": len(FAKE_HELD_OUT),
+                "classes": classes,
+                "dice_mean_over_classes": sum(values.values()) / len(values),
+            }
+
         comparison = {
             "skill": base["id"],
+            "scheme": "holdout",
             "versions": {
                 "current": {"id": base["id"], "version": base["version"]},
                 "new": {"id": base["id"], "version": version},
             },
             "held_out_case_ids": FAKE_HELD_OUT,
-            "metrics": {
-                name: {
-                    "n_cases": len(FAKE_HELD_OUT),
-                    "classes": {
-                        cls: {"dice_mean": value, "hd95_mm_mean": 5.0} for cls, value in values.items()
-                    },
-                    "dice_mean_over_classes": sum(values.values()) / len(values),
-                }
+            "metrics": {name: summary(values) for name, values in dice.items()},
+            "per_case": {
+                name: [
+                    {"case_id": case_id, **{f"{cls}_dice": value for cls, value in values.items()}}
+                    for case_id in FAKE_HELD_OUT
+                ]
                 for name, values in dice.items()
+            },
+            "difference": {
+                cls: {"dice_mean": new_dice[cls] - FAKE_DICE["current"][cls], "n_cases": len(FAKE_HELD_OUT)}
+                for cls in new_dice
             },
             "gate": {"passed": passed, "reasons": [] if passed else ["mean Dice over classes fell"]},
             "installed": installed,

@@ -67,3 +67,13 @@ def test_skill_use_of_a_missing_or_unnamed_version_is_refused_in_one_sentence(
     error = capsys.readouterr().err
     assert words in error and error.count("\n") == 1
     assert listed(capsys) == {"1.0.0": False, "1.1.0": True}
+
+
+def test_removing_the_chosen_version_forgets_the_choice(two_versions, capsys):
+    assert main(["skill", "use", f"{SKILL}@1.0.0"]) == 0
+    assert main(["skill", "remove", SKILL, "--version", "1.0.0"]) == 0
+    assert listed(capsys) == {"1.1.0": True}
+    shutil.copytree(two_versions[1], two_versions[0])  # installed again (as another 1.0.0)
+    manifest = json.loads((two_versions[0] / "manifest.json").read_text())
+    (two_versions[0] / "manifest.json").write_text(json.dumps({**manifest, "version": "1.0.0"}))
+    assert listed(capsys) == {"1.0.0": False, "1.1.0": True}

@@ -6,22 +6,13 @@ torchrun --nproc_per_node 4 -m mafm3.improve --skill hecktor-seg-petct --dataset
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from mafm3.commands import improve
-from mafm3.errors import MAFM3Error
+from mafm3.commands import improve, standalone_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mafm3.improve", description=improve.HELP)
-    improve.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return improve.run(args)
-    except MAFM3Error as error:
-        print(f"mafm3 improve: error: {error}", file=sys.stderr)
-        return 1
+    return standalone_main(improve, "mafm3.improve", argv)
 
 
 if __name__ == "__main__":

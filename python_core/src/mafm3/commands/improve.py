@@ -63,17 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mafm3.commands import options_from
     from mafm3.progress import TerminalProgress
     from mafm3.training.improve import ImproveOptions, improve
 
-    options = ImproveOptions(
-        **{name: getattr(args, name) for name in ImproveOptions.__dataclass_fields__ if hasattr(args, name)}
-    )
-    progress = TerminalProgress(enabled=not args.quiet)
-    try:
+    options = options_from(args, ImproveOptions)
+    with TerminalProgress(enabled=not args.quiet) as progress:
         result = improve(options, progress)
-    finally:
-        progress.close()
     if result is None:  # a rank other than 0 under torchrun
         return 0
     if args.json:

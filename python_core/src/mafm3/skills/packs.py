@@ -311,9 +311,13 @@ def remove_pack(skill_id: str, version: str | None = None, root: Path | None = N
     if len(folders) > 1:
         versions = ", ".join(SkillManifest.read(folder).version for folder in folders)
         raise MAFM3Error(f"Skill {skill_id} is installed in versions {versions}; choose one with --version.")
+    from mafm3.skills.store import forget_version
+
+    removed_version = SkillManifest.read(folders[0]).version
     doomed = folders[0].with_name(f".{folders[0].name}.removing-{os.getpid()}")
     folders[0].rename(doomed)  # atomic: the pack disappears at once, then its files are deleted
     shutil.rmtree(doomed)
+    forget_version(skill_id, removed_version)  # a version installed again later is not chosen by itself
     return folders[0]
 
 

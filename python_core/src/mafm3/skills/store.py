@@ -89,10 +89,21 @@ def use_version(skill_id: str, version: str) -> str | None:
             "choose one of those."
         )
     previous = active_version(skill_id, versions)
-    chosen = {**recorded_active_versions(), skill_id: version}
+    _record({**recorded_active_versions(), skill_id: version})
+    return previous
+
+
+def forget_version(skill_id: str, version: str) -> None:
+    """Drop the choice of `version` (it was removed): the highest version left is active again."""
+    chosen = recorded_active_versions()
+    if chosen.get(skill_id) == version:
+        del chosen[skill_id]
+        _record(chosen)
+
+
+def _record(chosen: dict[str, str]) -> None:
     skills_dir().mkdir(parents=True, exist_ok=True)
     atomic_write_text(skills_dir() / ACTIVE_FILE, json.dumps(chosen, indent=2, sort_keys=True) + "\n")
-    return previous
 
 
 def split_reference(reference: str) -> tuple[str, str | None]:

@@ -233,6 +233,7 @@ def _fine_tune(
     """Fine-tune one pack per held-out fold (and, for folds, one on every case): {fold index or "final":
     pack folder}."""
     from mafm3.training.pipeline import TrainOptions, train
+    from mafm3.training.trainer import Ranks
 
     every_case = Fold(
         0, tuple(sorted({i for fold in splits for i in fold.train_ids + fold.test_ids})), (), ()
@@ -243,33 +244,39 @@ def _fine_tune(
     recipe = fine_tuning_recipe(base)
     packs = {}
     staging.mkdir(parents=True, exist_ok=True)
-    for number, (key, split) in enumerate(runs):
-        split_file = staging / f"split-{key}.json"
-        atomic_write_text(split_file, json.dumps(split.to_dict(), indent=2) + "\n")  # every rank: same text
+    ranks = Ranks.start(options.device)  # one process group for every fine-tuning of a torchrun job
+    try:
+        for number, (key, split) in enumerate(runs):
+            split_file = staging / f"split-{key}.json"
+            atomic_write_text(
+                split_file, json.dumps(split.to_dict(), indent=2) + "\n"
+            )  # every rank: same text
 
-        def reporting(stage: str, fraction: float, message: str = "", number=number) -> None:
-            if stage == "train":
-                fraction = (number + fraction) / len(runs)
-                message = f"fine-tuning {number + 1} of {len(runs)}: {message}" if len(runs) > 1 else message
-            progress(stage, fraction, message)
+            def reporting(stage: str, fraction: float, message: str = "", number=number) -> None:
+                if stage == "train" and len(runs) > 1:
+                    fraction = (number + fraction) / len(runs)
+                    message = f"fine-tuning {number + 1} of {len(runs)}: {message}"
+                progress(stage, fraction, message)
 
-        train_options = TrainOptions(
-            task="segmentation",
-            dataset=options.dataset,
-            out=staging / f"pack-{key}",
-            init=str(base_folder),
-            version=version,
-            folds_file=split_file,
-            fold=0,
-            iterations=options.iterations or DEFAULT_ITERATIONS,
-            seed=options.seed,
-            device=options.device,
-            precision=options.precision,
-            cache=options.cache,
-            **recipe,
-        )
-        train(train_options, reporting)
-        packs[key] = train_options.out
+            train_options = TrainOptions(
+                task="segmentation",
+                dataset=options.dataset,
+                out=staging / f"pack-{key}",
+                init=str(base_folder),
+                version=version,
+                folds_file=split_file,
+                fold=0,
+                iterations=options.iterations or DEFAULT_ITERATIONS,
+                seed=options.seed,
+                device=options.device,
+                precision=options.precision,
+                cache=options.cache,
+                **recipe,
+            )
+            train(train_options, reporting, ranks)
+            packs[key] = train_options.out
+    finally:
+        ranks.close()
     packs["final"] = packs.get("final", packs[0])
     return packs
 
