@@ -207,7 +207,12 @@ def test_saved_corrections_improve_the_skill_the_panel_switches_to_it_and_back(l
     }
     shown = improvement.html()
     assert "current 1.0.0 vs new 1.1.0 on 2 held-out" in shown
-    assert "<td>GTVp</td><td>0.500</td><td>0.700</td>" in shown
+    current, new = (fake_engine.FAKE_DICE[version]["GTVp"] for version in ("current", "new"))
+    assert (  # the fake's intervals: the mean +- 0.1 for Dice, 4 to 6 mm around an HD95 of 5 mm
+        f"<td>GTVp</td><td>{current:.3f} ({current - 0.1:.3f} to {current + 0.1:.3f})</td>"
+        f"<td>{new:.3f} ({new - 0.1:.3f} to {new + 0.1:.3f})</td><td>{new - current:+.3f}</td>"
+        "<td>5.0 (4.0 to 6.0)</td>"
+    ) in shown
     assert shipped_versions(logic) == [("1.0.0", True)]
 
     # Switching (the panel's Yes): installed beside 1.0.0, active, and the warm worker's next run uses it.
