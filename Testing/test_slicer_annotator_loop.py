@@ -249,13 +249,22 @@ def test_a_case_drawn_by_hand_is_saved_without_a_correction_record(logic, mrml_s
     assert not (tmp_path / "dataset" / "corrections").exists()
 
 
-def test_predictions_are_forgotten_with_the_scene_and_their_folders_deleted(logic, mrml_scene):
+def test_predictions_are_kept_while_their_segmentation_is_in_the_scene_without_their_inputs(
+    logic, mrml_scene
+):
     ct = ct_node(mrml_scene, (20, 24, 28), "CT")
     segmentation = run_skill(logic, ct)
     prediction = logic.predictionFor(segmentation, ct)
-    logic.startJob(ct_node(mrml_scene, (18, 22, 26), "CT 2"), None, {}, [SKILL_ID])
-    logic.waitForJob(TIMEOUT_S)
-    assert prediction.folder.is_dir()  # kept: still the prediction of a segmentation in the scene
+    deleted_ct = ct_node(mrml_scene, (20, 24, 28), "CT deleted")
+    deleted_segmentation = run_skill(logic, deleted_ct)
+    deleted = logic.predictionFor(deleted_segmentation, deleted_ct)
+    mrml_scene.RemoveNode(deleted_segmentation)  # the annotator deletes it
+    last = run_skill(logic, ct_node(mrml_scene, (18, 22, 26), "CT 2"))
+
+    assert prediction.folder.is_dir() and (prediction.out_dir / "labels.nii.gz").is_file()
+    assert sorted(path.name for path in prediction.folder.iterdir()) == ["out"]  # the CT copy is gone
+    assert not deleted.folder.exists()  # its segmentation left the scene
+    assert logic.predictionFor(last, mrml_scene.GetFirstNodeByName("CT 2")) is not None
 
     logic.forgetPredictions()  # what the Widget does when the scene closes
 

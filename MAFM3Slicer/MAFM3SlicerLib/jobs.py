@@ -10,7 +10,8 @@ scripts and tests call it in a loop.
 A run's folder holds `ct.nrrd`, `pet.nrrd`, `clinical.json` and the worker's output folder `out/`; an
 improve job's holds the new pack in `out/`. A job folder is deleted when the job fails or is cancelled; after
 a result, the caller uses `out/` and decides when to delete it (the module keeps the last run's, whose
-report.html the panel links to, and the runs whose predictions an annotator may still save as corrections).
+report.html the panel links to, and the runs whose predictions an annotator may still save as corrections,
+without their inputs: `delete_inputs`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,13 @@ def prepare_job(
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return params, folder
+
+
+def delete_inputs(folder: str | Path) -> None:
+    """Delete a run's copies of its inputs (CT, PET, clinical record) once its results are in the scene: only
+    `out/` is used afterwards (the report, a correction record), and a kept CT copy can weigh 100 MB."""
+    for name in (CT_FILE, PET_FILE, CLINICAL_FILE):
+        (Path(folder) / name).unlink(missing_ok=True)
 
 
 def prepare_improvement(

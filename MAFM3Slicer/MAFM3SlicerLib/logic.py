@@ -40,7 +40,7 @@ from MAFM3SlicerLib.dependencies import (
 from MAFM3SlicerLib.errors import PanelError
 from MAFM3SlicerLib.improvement import Improvement, effort_lines
 from MAFM3SlicerLib.install import BackgroundInstall
-from MAFM3SlicerLib.jobs import JobRunner, JobUpdate, prepare_improvement, prepare_job
+from MAFM3SlicerLib.jobs import JobRunner, JobUpdate, delete_inputs, prepare_improvement, prepare_job
 from MAFM3SlicerLib.result_nodes import ImportedResults, import_results, segment_volumes_ml
 from MAFM3SlicerLib.skills import SkillInfo, available_skills, pack_path
 from MAFM3SlicerLib.study_check import StudyDescription, describe_study
@@ -240,6 +240,7 @@ class ModuleLogic:
         except (OSError, ValueError, KeyError) as error:
             shutil.rmtree(job.folder, ignore_errors=True)
             return replace(update, kind="error", message=f"The results could not be loaded ({error}).")
+        delete_inputs(job.folder)
         if imported.segmentation is not None:
             self._rememberPrediction(imported.segmentation, ctNode, job)
         self._keepResults(job.folder)
@@ -250,13 +251,17 @@ class ModuleLogic:
         self._release(previous)
 
     def _rememberPrediction(self, segmentationNode, ctNode, job) -> None:
-        """The segmentation now holds this run's prediction: keep its folder until it is replaced."""
-        previous = self.predictions.get(segmentationNode.GetID())
+        """The segmentation now holds this run's prediction: keep its folder until it is replaced, or until
+        the segmentation leaves the scene (those of deleted segmentations are dropped here)."""
+        scene = segmentationNode.GetScene()
+        replaced = [segmentationNode.GetID()]
+        replaced += [nodeId for nodeId in self.predictions if scene.GetNodeByID(nodeId) is None]
+        folders = [self.predictions.pop(nodeId).folder for nodeId in replaced if nodeId in self.predictions]
         self.predictions[segmentationNode.GetID()] = Prediction(
             job.folder, job.out_dir, ctNode.GetID(), self.clock()
         )
-        if previous is not None:
-            self._release(previous.folder)
+        for folder in folders:
+            self._release(folder)
 
     def _release(self, folder) -> None:
         """Delete a job folder once neither the last results nor a remembered prediction need it."""
