@@ -590,7 +590,7 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showImprovement(self, improvement: Improvement) -> None:
         self.ui.comparisonBrowser.setHtml(improvement.html())
         self.ui.trainingCollapsibleButton.collapsed = False
-        self.ui.statusLabel.text = improvement.message
+        self.ui.statusLabel.text = improvement.summary
         if improvement.not_worse:
             self._pendingImprovement = improvement  # asked once this poll is over (onPollWorker)
         else:

@@ -216,7 +216,7 @@ def test_saved_corrections_improve_the_skill_the_panel_switches_to_it_and_back(l
     assert shipped_versions(logic) == [("1.0.0", True)]
 
     # Switching (the panel's Yes): installed beside 1.0.0, active, and the warm worker's next run uses it.
-    assert "now runs version 1.1.0" in logic.adoptImprovement()
+    assert logic.adoptImprovement().startswith(f"{SKILL_ID} now runs version 1.1.0 (was 1.0.0);")
     assert shipped_versions(logic) == [("1.0.0", False), ("1.1.0", True)]
     assert logic.previousVersions == {SKILL_ID: "1.0.0"} and logic.improvement is None
     rerun = run_skill(logic, ct_node(mrml_scene, (20, 24, 28), "CT 3"))

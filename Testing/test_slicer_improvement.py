@@ -98,6 +98,9 @@ def test_each_class_shows_both_versions_and_the_change_with_their_intervals():
     assert gtvn.dice["current"].value is None  # no case with a GTVn: shown as n/a, never as 0
     assert "<tr><td>GTVn</td><td>n/a</td><td>n/a</td><td>n/a</td><td>n/a</td><td>n/a</td></tr>" in shown
     assert "on 4 held-out cases never trained on" in shown and "Not worse" in shown
+    # The core's sentence tells how to install on the command line; the panel asks instead.
+    assert "sentence." not in shown
+    assert improvement.summary == "demo-seg-ct 1.1.0 is not worse than 1.0.0 on 4 held-out cases."
 
 
 def test_a_worse_version_is_shown_with_the_gates_reasons():
@@ -106,6 +109,7 @@ def test_a_worse_version_is_shown_with_the_gates_reasons():
     assert not improvement.not_worse
     assert "mean Dice over classes fell from 0.550 to 0.212" in improvement.reasons[0]
     assert "Worse: mean Dice over classes fell from 0.550 to 0.212" in improvement.html()
+    assert improvement.summary == "sentence." and "sentence." in improvement.html()
 
 
 def test_a_result_without_the_versions_is_refused_as_incompatible():

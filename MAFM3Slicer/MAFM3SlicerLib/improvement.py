@@ -110,6 +110,16 @@ class Improvement:
         )
 
     @property
+    def summary(self) -> str:
+        """One sentence for the panel: not worse (the panel then asks), or the core's why not."""
+        if self.not_worse:
+            return (
+                f"{self.skill_id} {self.new_version} is not worse than {self.current_version} on "
+                f"{self.held_out_cases} held-out cases."
+            )
+        return self.message
+
+    @property
     def question(self) -> str:
         """What the panel asks before switching."""
         return (
@@ -149,11 +159,11 @@ class Improvement:
             + "".join("<tr>" + "".join(f"<td>{_escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
             + "</table>"
         )
-        if self.not_worse:
-            verdict = "Not worse: the new version may replace the current one."
+        if self.not_worse:  # the core's sentence tells how to install on the command line: the panel asks
+            verdict = ["Not worse: the new version may replace the current one."]
         else:
-            verdict = "Worse: " + ("; ".join(self.reasons) or "the gate refused it") + "."
-        return "<br>".join([header, table, _escape(verdict), _escape(self.message)])
+            verdict = ["Worse: " + ("; ".join(self.reasons) or "the gate refused it") + ".", self.message]
+        return "<br>".join([header, table, *map(_escape, verdict)])
 
 
 def effort_lines(info: Mapping) -> list[str]:

@@ -399,7 +399,7 @@ class ModuleLogic:
 
     def adoptImprovement(self) -> str:
         """Install the last improve's new version beside the current one (checksums verified) and make it the
-        active one; returns the core's sentence about the switch.
+        active one; returns one sentence about the switch.
 
         Raises:
             PanelError: there is no new version waiting, or the core's gate found it worse.
@@ -413,11 +413,15 @@ class ModuleLogic:
                 f"{improvement.current_version} stays."
             )
         self.installSkillPack(improvement.pack)  # the highest version now, which may make it active already
-        message = self.useSkillVersion(
+        self.useSkillVersion(
             improvement.skill_id, improvement.new_version, previous=improvement.current_version
         )
         self.declineImprovement()  # installed: its job folder is not needed any more
-        return message
+        return (
+            f"{improvement.skill_id} now runs version {improvement.new_version} (was "
+            f"{improvement.current_version}); both stay installed, and Go back returns to "
+            f"{improvement.current_version}."
+        )
 
     def declineImprovement(self) -> None:
         """Forget the last improve's new version (deleted with its job folder); the current one stays."""
