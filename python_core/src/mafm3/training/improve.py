@@ -24,7 +24,7 @@ version it started from on cases it never trained on, and installed only if it i
    with their content hashes, the held-out ids, iterations, the gate and the held-out metrics of both
    versions) with `comparison.json` and the per-case CSVs beside them. With `install`, a version that passes
    the gate is installed beside the current one and made active (`skills.store`); otherwise nothing in
-   MAFM3_HOME's skills changes, and `message` says why in one sentence.
+   MAFM3_HOME's skills changes, and `message` says why in one sentence. `out` is written before installing.
 """
 
 from __future__ import annotations
@@ -156,9 +156,11 @@ def improve(
         final = packs["final"]
         _record_provenance(final, base, cases, comparison, options)
         comparison["versions"]["new"]["weights_sha256"] = SkillManifest.read(final).weights["sha256"]
-        installed, message = _install_if_not_worse(options, final, base, version, comparison)
+        installed, message = _verdict(options, base, version, comparison)
         comparison |= {"installed": installed, "message": message}
         _write_out(out, final, staging, comparison)
+        if installed:
+            _install(out, base, version, comparison)
     except BaseException:
         if main:
             shutil.rmtree(staging, ignore_errors=True)
@@ -295,7 +297,7 @@ def _compare(
     from mafm3.training.evaluation import segmentation_rows
 
     cohort = load_cohort(options.dataset)
-    held_out = [case_id for fold in splits for case_id in fold.test_ids]
+    held_out = sorted(case_id for fold in splits for case_id in fold.test_ids)
     scoring = [("current", base_folder, held_out)]
     scoring += [("new", packs[fold.index], list(fold.test_ids)) for fold in splits]
     rows: dict[str, list[dict]] = {"current": [], "new": []}
@@ -404,12 +406,11 @@ def _record_provenance(
     atomic_write_text(pack / MANIFEST_FILE, json.dumps(values, indent=2) + "\n")
 
 
-def _install_if_not_worse(
-    options: ImproveOptions, pack: Path, base: SkillManifest, version: str, comparison: dict
+def _verdict(
+    options: ImproveOptions, base: SkillManifest, version: str, comparison: dict
 ) -> tuple[bool, str]:
-    from mafm3.skills.packs import install_pack
-    from mafm3.skills.store import use_version
-
+    """Whether to install the new version (the gate passed and `install` was asked for) and the sentence
+    that says what happens."""
     current, new = (comparison["metrics"][name]["dice_mean_over_classes"] for name in VERSIONS)
     scores = f"held-out mean Dice {current:.3f} -> {new:.3f} on {len(comparison['held_out_case_ids'])} cases"
     if not comparison["gate"]["passed"]:
@@ -420,12 +421,25 @@ def _install_if_not_worse(
             f"{base.id} {version} is not worse than {base.version} ({scores}); install it with "
             f"`mafm3 skill install {options.out}` and `mafm3 skill use {base.id}@{version}`."
         )
-    install_pack(pack)
-    use_version(base.id, version)
     return True, (
         f"{base.id} {version} is installed and active ({scores}); go back with "
         f"`mafm3 skill use {base.id}@{base.version}`."
     )
+
+
+def _install(out: Path, base: SkillManifest, version: str, comparison: dict) -> None:
+    """Install the written pack and make it active; if that fails, comparison.json says so before the error
+    goes on (the pack stays in `out`)."""
+    from mafm3.skills.packs import install_pack
+    from mafm3.skills.store import use_version
+
+    try:
+        install_pack(out)
+        use_version(base.id, version)
+    except MAFM3Error as error:
+        comparison |= {"installed": False, "message": f"{base.id} {version} was not installed: {error}"}
+        atomic_write_text(out / COMPARISON_FILE, _comparison_text(comparison))
+        raise
 
 
 def _write_out(out: Path, pack: Path, staging: Path, comparison: dict) -> None:
@@ -438,8 +452,13 @@ def _write_out(out: Path, pack: Path, staging: Path, comparison: dict) -> None:
             shutil.copyfile(pack / name, partial / name)
         for name in VERSIONS:
             shutil.copyfile(staging / f"comparison_{name}_per_case.csv", partial / f"{name}_per_case.csv")
-        values = json.loads(json.dumps(comparison, default=str), parse_constant=lambda _: None)
-        (partial / COMPARISON_FILE).write_text(json.dumps(values, indent=2, allow_nan=False) + "\n")
+        (partial / COMPARISON_FILE).write_text(_comparison_text(comparison))
+
+
+def _comparison_text(comparison: dict) -> str:
+    """comparison.json: strict JSON (NaN, an undefined mean, as null)."""
+    values = json.loads(json.dumps(comparison, default=str), parse_constant=lambda _: None)
+    return json.dumps(values, indent=2, allow_nan=False) + "\n"
 
 
 def _cancellable(progress: ProgressCallback, cancel: threading.Event | None) -> ProgressCallback:
