@@ -9,7 +9,9 @@ A run reports `PROGRESS`, then writes with the real writers what a run of the re
 - segmentation: GTVp a block around the CT's centre (a fifth of its size along each axis), GTVn a smaller
   block `GTVN_OFFSET` further along the first array axis, with the manifest's label values, on the CT's grid;
 - prognosis: `PROGNOSIS`;
-- in `inputs` the clinical record and the PET it was given; in `backbone` how many runs this engine made.
+- in `inputs` the clinical record, the PET and the request's given fields (`request`, as the engine records
+  them); in `backbone` how many runs this engine made.
+Each skill id runs its active version, as in the engine.
 Each run first prints `STDOUT_NOISE` from Python and from file descriptor 1, as libraries loading models do.
 
 The first skill id of a request asks for a behaviour when it contains one of these words:
@@ -38,7 +40,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +97,11 @@ def fake_label_map(ct: sitk.Image, labels: dict[str, int]) -> sitk.Image:
     return image
 
 
+def _given(request) -> dict:
+    """The request's fields that were given, as the engine records them in result.json (`inputs.request`)."""
+    return {key: value for key, value in asdict(request).items() if value not in (None, [], "")}
+
+
 class FakeEngine:
     """`available` and `run_and_write` as in `mafm3.engine.Engine`, behaving as the module docstring says."""
 
@@ -137,14 +144,14 @@ class FakeEngine:
         return self._write(request, out_dir, overwrite)
 
     def _write(self, request, out_dir, overwrite: bool):
-        manifests = {skill.manifest.id: skill.manifest for skill in self.available()}
+        manifests = {skill.manifest.id: skill.manifest for skill in self.available() if skill.active}
         unknown = [skill_id for skill_id in request.skills if skill_id not in manifests]
         if unknown:
             raise MAFM3Error(f"Skill {unknown[0]!r} is not installed; install it first.")
         ct = sitk.ReadImage(str(request.ct))
         clinical = ClinicalRecord.from_json(request.clinical).to_dict() if request.clinical else None
         result = StudyResult(
-            inputs={"ct": request.ct, "clinical": clinical, "pet": request.pet},
+            inputs={"ct": request.ct, "clinical": clinical, "pet": request.pet, "request": _given(request)},
             device=request.device or "cpu",
             backbone={"id": "fake", "runs_of_this_engine": self.runs},
         )

@@ -95,6 +95,8 @@ def correction_record(
             "dice_prediction_vs_correction": None if math.isnan(dice) else float(dice),
         }
     sources = (result.get("inputs") or {}).get("sources") or {}
+    # A volume file carries no series UID; Slicer passes its DICOM series as the run's `*_series_uid`.
+    request = (result.get("inputs") or {}).get("request") or {}
     skill = segmentation.get("skill") or {}
     return {
         "format": FORMAT,
@@ -107,8 +109,10 @@ def correction_record(
             "weights_sha256": skill.get("weights_sha256"),
         },
         "inputs": {
-            "ct_series_instance_uid": (sources.get("ct") or {}).get("series_instance_uid"),
-            "pet_series_instance_uid": (sources.get("pet") or {}).get("series_instance_uid"),
+            "ct_series_instance_uid": (sources.get("ct") or {}).get("series_instance_uid")
+            or request.get("ct_series_uid"),
+            "pet_series_instance_uid": (sources.get("pet") or {}).get("series_instance_uid")
+            or request.get("pet_series_uid"),
         },
         "prediction": {
             "folder": str(folder.resolve()),
