@@ -136,7 +136,11 @@ def test_the_engine_applies_the_postprocessing_its_manifest_declares(installed_s
     study = load_study(str(ct_path))
     mask = tumour_mask(ct)
     manifest = SimpleNamespace(
-        id="s", version="1", segments=lambda: [GTVP, GTVN], postprocessing={"min_component_ml": 0.0}
+        id="s",
+        version="1",
+        segments=lambda: [GTVP, GTVN],
+        postprocessing={"min_component_ml": 0.0},
+        weights={"sha256": "0" * 64},
     )
     prepared = prepare_input(study, PreprocessingConfig(spacing_mm=ct.GetSpacing(), roi_method="none"))
     labels = to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")
