@@ -42,6 +42,7 @@ from MAFM3SlicerLib.clinical import (
 )
 from MAFM3SlicerLib.demo_study import SAMPLE_NAME, clinical_record_of, sample_data_source
 from MAFM3SlicerLib.errors import PanelError
+from MAFM3SlicerLib.improvement import Improvement
 from MAFM3SlicerLib.jobs import JobUpdate, describe_worker
 from MAFM3SlicerLib.logic import ModuleLogic
 from MAFM3SlicerLib.result_nodes import REPORT_FILE, ImportedResults, segment_volumes_ml
@@ -53,6 +54,7 @@ from MAFM3SlicerLib.self_test import (
 )
 from MAFM3SlicerLib.skills import (
     SkillInfo,
+    active_skills,
     check_selection,
     format_skill_ids,
     parse_skill_ids,
@@ -140,6 +142,10 @@ class MAFM3SlicerParameterNode:
     replaceEditedSegments - re-running replaces the skill's segments even where they were edited.
     prognosisTable, survivalChart - the prognosis results of the selected CT.
     age ... tnmGroup - clinical data for prognosis skills; "unknown" (or 0 for numbers) when not known.
+    improveIterations - fine-tuning iterations of "Improve skill from saved cases"; 0: the core's default.
+    improveHoldout - the share of saved cases held out for the comparison; 0: the core's default.
+
+    The dataset folder is not here: it belongs to the user, not to the scene (the path box keeps its history).
     """
 
     inputCT: vtkMRMLScalarVolumeNode
@@ -165,6 +171,8 @@ class MAFM3SlicerParameterNode:
     mStage: Annotated[str, Choice(list(M_STAGE_CHOICES))] = UNKNOWN
     tnmEdition: Annotated[str, Choice(list(TNM_EDITION_CHOICES))] = UNKNOWN
     tnmGroup: Annotated[str, Choice(list(TNM_GROUP_CHOICES))] = UNKNOWN
+    improveIterations: Annotated[int, WithinRange(0, 100000)] = 0
+    improveHoldout: Annotated[float, WithinRange(0.0, 0.5)] = 0.0
 
 
 class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -182,6 +190,8 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._installTimer = None
         self._installStatus = None  # the dependency status the running install started from
         self._showingJob = False  # whether the panel shows a running job (Cancel, progress bar)
+        self._pendingImprovement = None  # a new version to ask about once the current poll is done
+        self._lastSwitchedSkill = None  # the skill whose version the panel switched last (Go back)
 
     def setup(self) -> None:
         import qt
@@ -211,6 +221,9 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.importSkillPackButton.connect("clicked(bool)", self.onImportSkillPack)
         self.ui.saveCaseButton.connect("clicked(bool)", self.onSaveCase)
         self.ui.exportRtstructButton.connect("clicked(bool)", self.onExportRtstruct)
+        self.ui.improveButton.connect("clicked(bool)", self.onImproveButton)
+        self.ui.useVersionButton.connect("clicked(bool)", self.onUseVersion)
+        self.ui.goBackButton.connect("clicked(bool)", self.onGoBack)
         self.ui.resultsBrowser.setOpenExternalLinks(True)
         self.loadSkills()
         self.initializeParameterNode()
@@ -234,9 +247,10 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self.logic.jobRunning:
+        if self.logic.jobRunning and self.logic.runningOp == "run":
             self.logic.cancelJob()
             self.logic.forgetJobNodes()  # its CT is going: the results must not be loaded anywhere
+        self.logic.forgetPredictions()  # the segmentations go; an improve job runs on (it needs no node)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -354,6 +368,7 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateApplyButton(self) -> None:
         if self._parameterNode is None:
             return  # the module is not shown; enter() updates it
+        self._updateImproveButton()
         if self.logic.installing:
             self.ui.applyButton.text = _("Installing...")
             self.ui.applyButton.toolTip = _("Installing PyTorch and the mafm3 core; see the progress below")
@@ -389,11 +404,38 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._onParameterNodeModified()
 
     def _showPacks(self) -> None:
+        """Every pack, (active) marking the version of each skill that runs; the skills one can improve."""
+        import qt
+
         self.ui.installedPacksList.clear()
         for skill in self._skills:
-            self.ui.installedPacksList.addItem(f"{skill.label} - {skill.task}, {'+'.join(skill.modalities)}")
+            active = _(" (active)") if skill.active else ""
+            item = qt.QListWidgetItem(f"{skill.label}{active} - {skill.task}, {'+'.join(skill.modalities)}")
+            item.setData(qt.Qt.UserRole, [skill.id, skill.version])
+            item.setToolTip(skill.details)
+            self.ui.installedPacksList.addItem(item)
         if not self._skills:
             self.ui.installedPacksList.addItem(_("(no skill pack found)"))
+        combo = self.ui.improveSkillComboBox
+        chosen = combo.currentData  # kept; at first, the segmentation skill selected to run, if any
+        if chosen is None and self._parameterNode is not None:
+            chosen = next((s.id for s in self._selectedSkills() if s.task == "segmentation"), None)
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        # Corrections are masks: only segmentation skills learn from them.
+        for skill in active_skills(self._skills):
+            if skill.task == "segmentation":
+                combo.addItem(_("{label} (active)").format(label=skill.label), skill.id)
+        index = combo.findData(chosen) if chosen else -1
+        combo.currentIndex = index if index >= 0 else 0
+        combo.blockSignals(wasBlocked)
+        previous = self.logic.previousVersions.get(self._lastSwitchedSkill)
+        self.ui.goBackButton.enabled = previous is not None
+        self.ui.goBackButton.text = (
+            _("Go back to {skill} {version}").format(skill=self._lastSwitchedSkill, version=previous)
+            if previous
+            else _("Go back to the previous version")
+        )
 
     # -- Apply / Cancel -----------------------------------------------------------------------------------
 
@@ -434,7 +476,7 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = _("Starting the worker...")
             self._pollTimer.start()
-            self.onPollWorker()
+        self.onPollWorker()  # outside the wait cursor: what it shows may ask a question
 
     def _ensureDependencies(self) -> bool:
         """True when skills can run now. Otherwise, after one confirmation, start installing what Slicer's
@@ -490,7 +532,8 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Installed. Press Apply to run the selected skills.")
 
     def onPollWorker(self) -> None:
-        """Every POLL_INTERVAL_MS while the worker runs: show its news (and notice if it dies while idle)."""
+        """Every POLL_INTERVAL_MS while the worker runs: show its news (and notice if it dies while idle);
+        after an improve, ask whether to switch to the new version."""
         for update in self.logic.pollJob():
             self._showUpdate(update)
         running = self.logic.jobRunning
@@ -500,6 +543,9 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateApplyButton()
         if not running and not self.logic.workerStarted:
             self._pollTimer.stop()
+        if self._pendingImprovement is not None:
+            improvement, self._pendingImprovement = self._pendingImprovement, None
+            self._askToSwitch(improvement)
 
     def _showUpdate(self, update: JobUpdate) -> None:
         if update.kind == "ready":
@@ -512,6 +558,8 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elif update.kind == "progress":
             self.ui.progressBar.value = round(100 * update.fraction)
             self.ui.statusLabel.text = f"{update.stage}: {update.message}" if update.message else update.stage
+        elif update.kind == "result" and update.job.op == "improve":
+            self._showImprovement(update.imported)
         elif update.kind == "result":
             self._showResults(update.imported)
         elif update.kind in ("error", "cancelled", "crashed"):
@@ -542,6 +590,28 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
         self.ui.resultsCollapsibleButton.collapsed = False
         self.ui.statusLabel.text = _("Done.")
+
+    def _showImprovement(self, improvement: Improvement) -> None:
+        self.ui.comparisonBrowser.setHtml(improvement.html())
+        self.ui.trainingCollapsibleButton.collapsed = False
+        self.ui.statusLabel.text = improvement.summary
+        if improvement.not_worse:
+            self._pendingImprovement = improvement  # asked once this poll is over (onPollWorker)
+        else:
+            self.logic.declineImprovement()
+
+    def _askToSwitch(self, improvement: Improvement) -> None:
+        """Ask first (never under a wait cursor), then install and switch, or keep the current version."""
+        if not slicer.util.confirmYesNoDisplay(improvement.question, windowTitle=_("MAFM3: switch version?")):
+            self.logic.declineImprovement()
+            self.ui.statusLabel.text = _(
+                "{skill} stays at {version}; the new version was not installed."
+            ).format(skill=improvement.skill_id, version=improvement.current_version)
+            return
+        with slicer.util.tryWithErrorDisplay(_("The new version was not installed."), waitCursor=True):
+            self.ui.statusLabel.text = self.logic.adoptImprovement().strip()
+            self._lastSwitchedSkill = improvement.skill_id
+            self.loadSkills()
 
     def onShowSurvivalCurve(self) -> None:
         if self._parameterNode and self._parameterNode.survivalChart:
@@ -577,6 +647,20 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 written = self.logic.exportRtstruct(parameters.outputSegmentation, parameters.inputCT, folder)
                 self.ui.statusLabel.text = _("RTSTRUCT written to {path}.").format(path=written)
 
+    def _datasetFolder(self) -> str:
+        """The dataset folder of the path box, asked for when it is empty; kept in the box's history (the
+        application settings), which restores the most recent one in the next session."""
+        import qt
+
+        pathBox = self.ui.datasetPathLineEdit
+        if not pathBox.currentPath:
+            pathBox.currentPath = qt.QFileDialog.getExistingDirectory(
+                slicer.util.mainWindow(), _("Training dataset folder (HECKTOR 2022 layout; created if empty)")
+            )
+        if pathBox.currentPath:
+            pathBox.addCurrentPathToHistory()
+        return pathBox.currentPath
+
     def onSaveCase(self) -> None:
         import qt
 
@@ -584,9 +668,7 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameters.inputCT is None or parameters.outputSegmentation is None:
             slicer.util.errorDisplay(_("Select the CT and the segmentation to save."))
             return
-        dataset = qt.QFileDialog.getExistingDirectory(
-            slicer.util.mainWindow(), _("Training dataset folder (HECKTOR 2022 layout; created if empty)")
-        )
+        dataset = self._datasetFolder()
         if not dataset:
             return
         caseId = qt.QInputDialog.getText(
@@ -607,6 +689,79 @@ class MAFM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.clinicalRecord({name: getattr(parameters, name) for name in CLINICAL_FIELDS}),
                 caseId,
             ).strip()
+            self.ui.datasetEffortLabel.text = "\n".join(self.logic.datasetEffort(dataset))
+
+    # -- improving a skill, its versions -------------------------------------------------------------------
+
+    def _updateImproveButton(self) -> None:
+        """Improve becomes Cancel while an improve runs; nothing else starts or switches during a job."""
+        running = self.logic.runningOp
+        self.ui.useVersionButton.enabled = running is None
+        if running == "improve":
+            self.ui.improveButton.text = _("Cancel improvement")
+            self.ui.improveButton.enabled = True
+            return
+        self.ui.improveButton.text = _("Improve skill from saved cases...")
+        hasSkill = self.ui.improveSkillComboBox.count > 0
+        self.ui.improveButton.enabled = running is None and not self.logic.installing and hasSkill
+
+    def onImproveButton(self) -> None:
+        if self.logic.runningOp == "improve":
+            self.logic.cancelJob()
+            self.ui.statusLabel.text = _("Cancelling...")
+            return
+        ready = False
+        with slicer.util.tryWithErrorDisplay(_("Could not install the dependencies.")):
+            ready = self._ensureDependencies()  # asks first; never under a wait cursor
+        if not ready:
+            return
+        skillId = self.ui.improveSkillComboBox.currentData
+        skill = next((s for s in active_skills(self._skills) if s.id == skillId), None)
+        if skill is None:
+            self.ui.statusLabel.text = _("Choose the segmentation skill to improve.")
+            return
+        dataset = self._datasetFolder()
+        if not dataset:
+            return
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to start improving the skill."), waitCursor=True):
+            self.ui.datasetEffortLabel.text = "\n".join(self.logic.datasetEffort(dataset))
+            self.logic.startImprovement(
+                skill.id,
+                skill.version,
+                dataset,
+                iterations=parameters.improveIterations or None,
+                holdout=parameters.improveHoldout or None,
+                device=parameters.device,
+            )
+            self.ui.comparisonBrowser.clear()
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = _("Improving {skill} {version} from {dataset}...").format(
+                skill=skill.id, version=skill.version, dataset=dataset
+            )
+            self._pollTimer.start()
+        self.onPollWorker()
+
+    def onUseVersion(self) -> None:
+        import qt
+
+        item = self.ui.installedPacksList.currentItem()
+        chosen = item.data(qt.Qt.UserRole) if item is not None else None
+        if not chosen:
+            self.ui.statusLabel.text = _("Select the version to use in the list of skill packs.")
+            return
+        self._switchVersion(*chosen)
+
+    def onGoBack(self) -> None:
+        previous = self.logic.previousVersions.get(self._lastSwitchedSkill)
+        if previous is not None:
+            self._switchVersion(self._lastSwitchedSkill, previous)
+
+    def _switchVersion(self, skillId: str, version: str) -> None:
+        with slicer.util.tryWithErrorDisplay(_("The version was not switched."), waitCursor=True):
+            self.ui.statusLabel.text = self.logic.useSkillVersion(skillId, version).strip()
+            self._lastSwitchedSkill = skillId
+            self.loadSkills()
 
 
 class MAFM3SlicerLogic(ScriptedLoadableModuleLogic, ModuleLogic):

@@ -493,9 +493,25 @@ def _calls_in(node: ast.AST) -> set[str]:
     }
 
 
+def _reachable_calls(called: set[str], methods: dict[str, ast.FunctionDef]) -> set[str]:
+    """`called` and every name called by the methods of the class it reaches, however deep."""
+    reached, todo = set(called), sorted(called & set(methods))
+    visited = set()
+    while todo:
+        name = todo.pop()
+        if name in visited:
+            continue
+        visited.add(name)
+        inner = _calls_in(methods[name])
+        reached |= inner
+        todo += sorted(inner & set(methods) - visited)
+    return reached
+
+
 def wait_cursor_dialog_problems(module_file: Path) -> list[str]:
     """No confirmation dialog opens under a wait cursor: inside `with ...(waitCursor=True):` the user would
-    be asked a question while Slicer shows it is busy. Methods the block calls are followed, one class deep.
+    be asked a question while Slicer shows it is busy. Methods of the class the block calls are followed, and
+    the methods they call, however deep (e.g. polling the worker, which may ask about an improved skill).
     """
     tree = ast.parse(module_file.read_text(), filename=str(module_file))
     problems = []
@@ -511,8 +527,7 @@ def wait_cursor_dialog_problems(module_file: Path) -> list[str]:
                 )
                 if not waits:
                     continue
-                called = set().union(*(_calls_in(statement) for statement in block.body))
-                called |= set().union(*(_calls_in(methods[name]) for name in called & set(methods)), set())
+                called = _reachable_calls(set().union(*(_calls_in(s) for s in block.body)), methods)
                 for dialog in sorted(called & set(_DIALOGS)):
                     problems.append(
                         f"{cls.name}.{method.name} (line {block.lineno}) opens {dialog} under a wait cursor; "

@@ -14,6 +14,7 @@ from MAFM3SlicerLib.commands import (
     mafm3_command,
     run_command,
     skill_install_command,
+    skill_use_command,
     worker_python,
 )
 
@@ -63,6 +64,26 @@ def test_the_add_case_command_passes_every_file_and_the_case_id(tmp_path):
     )
     minimal = parsed(add_case_command(PYTHON, "d", ct="c.nrrd", label="l.nrrd"))
     assert (minimal.pet, minimal.clinical, minimal.case_id, minimal.overwrite) == (None, None, None, False)
+    assert (minimal.prediction, minimal.editing_seconds) == (None, None)
+
+
+def test_a_corrected_case_passes_the_runs_output_folder_and_the_editing_time(tmp_path):
+    args = parsed(
+        add_case_command(
+            PYTHON,
+            "d",
+            ct="c.nrrd",
+            label="l.nrrd",
+            prediction=tmp_path / "job" / "out",
+            editing_seconds=312.46,
+        )
+    )
+    assert (args.prediction, args.editing_seconds) == (tmp_path / "job" / "out", 312.5)  # tenths of a second
+
+
+def test_the_skill_use_command_names_id_and_version():
+    args = parsed(skill_use_command(PYTHON, "demo-seg-ct", "1.1.0"))
+    assert (args.command, args.action, args.reference) == ("skill", "use", "demo-seg-ct@1.1.0")
 
 
 def test_a_failing_command_raises_the_cores_sentence_and_keeps_its_log(tmp_path):
@@ -71,7 +92,7 @@ def test_a_failing_command_raises_the_cores_sentence_and_keeps_its_log(tmp_path)
     assert str(raised.value) == (
         f"{tmp_path / 'missing.zip'} is not a skill pack folder or .zip, "
         "nor an installed or shipped skill id; give the pack's folder or .zip, "
-        "or an id that `mafm3 skill list` shows."
+        "or an id (or ID@VERSION) that `mafm3 skill list` shows."
     )
     assert raised.value.log.startswith("mafm3 skill: error:")
 

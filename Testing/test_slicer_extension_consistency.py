@@ -310,12 +310,38 @@ def test_a_confirmation_inside_a_wait_cursor_block_is_reported(tmp_path):
     asks_first = """        with slicer.util.tryWithErrorDisplay(_("Could not install the dependencies.")):"""
     assert asks_first in text
     module_file.write_text(
-        text.replace(asks_first, asks_first.replace('dependencies."))', 'dependencies."), waitCursor=True)'))
+        text.replace(
+            asks_first, asks_first.replace('dependencies."))', 'dependencies."), waitCursor=True)'), 1
+        )
+    )
+
+    asked_install, asked_restart = wait_cursor_dialog_problems(module_file)
+
+    assert asked_install.startswith("MAFM3SlicerWidget.onApplyButton (line ")
+    assert asked_install.endswith(
+        "opens confirmOkCancelDisplay under a wait cursor; ask before the waitCursor block."
+    )
+    # _ensureDependencies -> onPollInstall -> the restart question: found too, two calls deep
+    assert "opens confirmYesNoDisplay under a wait cursor" in asked_restart
+
+
+def test_a_confirmation_several_calls_deep_under_a_wait_cursor_is_reported(tmp_path):
+    """Polling the worker may ask whether to switch to an improved skill version (onPollWorker ->
+    _askToSwitch -> confirmYesNoDisplay): polling inside the Improve button's wait cursor would ask there."""
+    module_file = tmp_path / "MAFM3Slicer.py"
+    text = MODULE_FILE.read_text()
+    polls_after = """            self._pollTimer.start()
+        self.onPollWorker()
+
+    def onUseVersion(self) -> None:"""
+    assert polls_after in text
+    module_file.write_text(
+        text.replace(
+            polls_after, polls_after.replace("        self.onPollWorker()", "            self.onPollWorker()")
+        )
     )
 
     (problem,) = wait_cursor_dialog_problems(module_file)
 
-    assert problem.startswith("MAFM3SlicerWidget.onApplyButton (line ")
-    assert problem.endswith(
-        "opens confirmOkCancelDisplay under a wait cursor; ask before the waitCursor block."
-    )
+    assert problem.startswith("MAFM3SlicerWidget.onImproveButton (line ")
+    assert "opens confirmYesNoDisplay under a wait cursor" in problem

@@ -89,7 +89,7 @@ class ReplayClient:
         self.events = []
         self.cancelled = []
 
-    def submit_run(self, params):
+    def submit(self, op, params):
         return "run-7"
 
     def poll(self, timeout_s=0.0):

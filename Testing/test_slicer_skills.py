@@ -8,6 +8,7 @@ from skill_packs import write_pack
 from MAFM3SlicerLib.errors import PanelError
 from MAFM3SlicerLib.skills import (
     SkillInfo,
+    active_skills,
     available_skills,
     check_selection,
     format_skill_ids,
@@ -15,6 +16,7 @@ from MAFM3SlicerLib.skills import (
     parse_skill_ids,
     runnable_skills,
     selected_skills,
+    skill_versions,
     skills_from_manifests,
     version_order,
 )
@@ -55,6 +57,26 @@ def test_only_skills_whose_inputs_are_selected_are_offered_each_in_the_version_t
         ("seg-petct", "1.0.0"),
         ("rfs", "1.0.0"),
     ]
+
+
+def test_a_version_chosen_with_skill_use_is_the_one_offered_and_the_others_stay_listed(packs):
+    from mafm3.skills.registry import installed_and_shipped_skills
+    from mafm3.skills.store import use_version
+
+    use_version("seg-ct", "1.0.0")  # back from 2.0.0, as `mafm3 skill use seg-ct@1.0.0` does
+
+    skills = available_skills()
+    assert ids(runnable_skills(skills, has_pet=False)) == [("seg-ct", "1.0.0"), ("rfs", "1.0.0")]
+    assert [(s.version, s.active) for s in skill_versions(skills, "seg-ct")] == [
+        ("1.0.0", True),
+        ("2.0.0", False),
+    ]
+    # The worker's `list_skills` answer: each manifest with its folder and `active` (mafm3.worker).
+    listed = [
+        {**skill.manifest.to_dict(), "path": str(skill.folder), "active": skill.active}
+        for skill in installed_and_shipped_skills()
+    ]
+    assert ids(active_skills(skills_from_manifests(listed))) == ids(active_skills(skills))
 
 
 def test_versions_are_ordered_as_the_registry_orders_them():

@@ -52,6 +52,11 @@ def skill_install_command(python, pack) -> list[str]:
     return mafm3_command(python, "skill", "install", Path(pack))
 
 
+def skill_use_command(python, skill_id: str, version: str) -> list[str]:
+    """Make `version` the active version of a skill (`mafm3 skill use ID@VERSION`): the one runs use."""
+    return mafm3_command(python, "skill", "use", f"{skill_id}@{version}")
+
+
 def add_case_command(
     python,
     dataset,
@@ -62,13 +67,33 @@ def add_case_command(
     clinical=None,
     case_id: str | None = None,
     overwrite: bool = False,
+    prediction=None,
+    editing_seconds: float | None = None,
 ) -> list[str]:
-    """Add one annotated case to a HECKTOR 2022 layout dataset (`mafm3 dataset add-case`)."""
+    """Add one annotated case to a HECKTOR 2022 layout dataset (`mafm3 dataset add-case`).
+
+    prediction: the output folder of the run whose segments the annotator corrected; with it the core records
+        the correction (skill, version, weights, series, voxels added and removed per segment, Dice between
+        prediction and correction). editing_seconds: how long the prediction was open for editing.
+    """
     command = mafm3_command(python, "dataset", "add-case", "--dataset", dataset, "--ct", ct, "--label", label)
-    for option, value in (("--pet", pet), ("--clinical", clinical), ("--id", case_id)):
+    for option, value in (
+        ("--pet", pet),
+        ("--clinical", clinical),
+        ("--id", case_id),
+        ("--prediction", prediction),
+    ):
         if value is not None:
             command += [option, str(value)]
+    if editing_seconds is not None:
+        command += ["--editing-seconds", f"{editing_seconds:.1f}"]
     return command + (["--overwrite"] if overwrite else [])
+
+
+def dataset_info_command(python, dataset) -> list[str]:
+    """Summarise a training dataset as JSON (`mafm3 dataset info --json`): its cases, and per skill version
+    the correction records' mean Dice of prediction vs correction and editing time."""
+    return mafm3_command(python, "dataset", "info", "--json", dataset)
 
 
 def pip_install_command(python, arguments: Sequence[str | os.PathLike]) -> list[str]:

@@ -37,3 +37,14 @@ def new_study_item(scene, patient_name: str, study_name: str) -> int:
     hierarchy = _hierarchy(scene)
     patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), patient_name)
     return hierarchy.CreateStudyItem(patient, study_name)
+
+
+def dicom_series_uid(node) -> str | None:
+    """The SeriesInstanceUID of a volume that Slicer's DICOM module loaded (its item's "DICOM" UID), else None
+    (a volume read from a file, or made in Slicer)."""
+    hierarchy = _hierarchy(node.GetScene())
+    item = hierarchy.GetItemByDataNode(node)
+    uid = (
+        hierarchy.GetItemUID(item, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMUIDName()) if item else ""
+    )
+    return uid or None

@@ -1,14 +1,17 @@
-"""One skill run in the warm worker, as the panel sees it (Qt-free).
+"""One job in the warm worker, as the panel sees it (Qt-free): a skill run, or improving a skill.
 
-`prepare_job` writes the inputs into a new job folder (CT and PET as NRRD with their exact geometry, the
-clinical record as JSON) and returns the worker's run parameters. `JobRunner` sends them through a
-`WorkerClient`, keeps the one job in flight and turns the worker's events into `JobUpdate`s for the panel.
-The Widget calls `poll()` from a qt.QTimer, so Slicer stays responsive while the worker computes; scripts and
-tests call it in a loop.
+`prepare_job` writes a run's inputs into a new job folder (CT and PET as NRRD with their exact geometry, the
+clinical record as JSON) and returns the worker's run parameters; `prepare_improvement` makes the folder and
+parameters of an `improve` job (a skill fine-tuned on a dataset's saved cases). `JobRunner` sends either
+through a `WorkerClient`, keeps the one job in flight and turns the worker's events into `JobUpdate`s for the
+panel. The Widget calls `poll()` from a qt.QTimer, so Slicer stays responsive while the worker computes;
+scripts and tests call it in a loop.
 
-A job folder holds `ct.nrrd`, `pet.nrrd`, `clinical.json` and the worker's output folder `out/`. It is
-deleted when the job fails or is cancelled; after a result, the caller imports the nodes from `out/` and
-decides when to delete it (the module keeps the last one, whose report.html the panel links to).
+A run's folder holds `ct.nrrd`, `pet.nrrd`, `clinical.json` and the worker's output folder `out/`; an
+improve job's holds the new pack in `out/`. A job folder is deleted when the job fails or is cancelled; after
+a result, the caller uses `out/` and decides when to delete it (the module keeps the last run's, whose
+report.html the panel links to, and the runs whose predictions an annotator may still save as corrections,
+without their inputs: `delete_inputs`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from MAFM3SlicerLib.errors import PanelError
+from MAFM3SlicerLib.hierarchy import dicom_series_uid
 from MAFM3SlicerLib.volume_files import write_volume
 from MAFM3SlicerLib.worker_client import WorkerClient
 
@@ -47,6 +52,8 @@ def prepare_job(
     skill_ids: the skills to run, one per task. device: "auto", "cuda" or "cpu". overlap: sliding-window
         overlap, None for each skill's own.
     Returns the worker's `run` parameters (fields of `mafm3.engine.RunRequest` plus `out`) and the folder.
+    A volume loaded from DICOM passes its SeriesInstanceUID (`ct_series_uid`, `pet_series_uid`): the engine
+    reads the NRRD as it is and records the UIDs in result.json, whence a saved correction cites its series.
     """
     if not skill_ids:
         raise ValueError("`skill_ids` must name at least one skill.")
@@ -66,9 +73,57 @@ def prepare_job(
             params["clinical"] = str(folder / CLINICAL_FILE)
         if overlap is not None:
             params["overlap"] = float(overlap)
+        for key, node in (("ct_series_uid", ct_node), ("pet_series_uid", pet_node)):
+            uid = dicom_series_uid(node) if node is not None else None
+            if uid is not None:
+                params[key] = uid
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    return params, folder
+
+
+def delete_inputs(folder: str | Path) -> None:
+    """Delete a run's copies of its inputs (CT, PET, clinical record) once its results are in the scene: only
+    `out/` is used afterwards (the report, a correction record), and a kept CT copy can weigh 100 MB."""
+    for name in (CT_FILE, PET_FILE, CLINICAL_FILE):
+        (Path(folder) / name).unlink(missing_ok=True)
+
+
+def prepare_improvement(
+    skill_id: str,
+    version: str,
+    dataset: str | Path,
+    iterations: int | None = None,
+    holdout: float | None = None,
+    device: str = "auto",
+    parent_dir: str | Path | None = None,
+) -> tuple[dict, Path]:
+    """The folder and the worker's `improve` parameters for fine-tuning skill `skill_id` at `version` (the
+    active one) on the saved cases of `dataset`. The new pack is written to the folder's `out/` and not
+    installed (`install` false): the panel asks the annotator first (`improvement`).
+
+    iterations, holdout: None for the core's defaults. device: "auto", "cuda" or "cpu", as for runs.
+    Raises:
+        PanelError: the dataset folder does not exist.
+    """
+    dataset = Path(dataset)
+    if not dataset.is_dir():
+        raise PanelError(
+            f"The dataset folder {dataset} does not exist; choose the folder the cases were saved to."
+        )
+    folder = Path(tempfile.mkdtemp(prefix="mafm3-improve-", dir=parent_dir))
+    params: dict = {
+        "skill": f"{skill_id}@{version}",
+        "dataset": str(dataset),
+        "out": str(folder / OUTPUT_FOLDER),
+        "install": False,
+        "device": device,
+    }
+    if iterations is not None:
+        params["iterations"] = int(iterations)
+    if holdout is not None:
+        params["holdout"] = float(holdout)
     return params, folder
 
 
@@ -81,6 +136,7 @@ class Job:
     folder: Path
     context: dict = field(default_factory=dict)
     cancel_requested: bool = False
+    op: str = "run"  # the worker's op: "run" (a study) or "improve" (a skill from saved cases)
 
     @property
     def out_dir(self) -> Path:
@@ -124,11 +180,11 @@ class JobRunner:
     def running(self) -> bool:
         return self.job is not None
 
-    def submit(self, params: dict, folder: Path, context: Mapping | None = None) -> Job:
-        """Send a prepared job to the worker (started if needed, without waiting for it)."""
+    def submit(self, params: dict, folder: Path, context: Mapping | None = None, op: str = "run") -> Job:
+        """Send a prepared job (`op`: "run" or "improve") to the worker, started if needed; never waits."""
         if self.job is not None:
             raise RuntimeError("A job is already running; cancel it or wait for its end first.")
-        self.job = Job(self.client.submit_run(params), Path(folder), dict(context or {}))
+        self.job = Job(self.client.submit(op, params), Path(folder), dict(context or {}), op=op)
         return self.job
 
     def cancel(self) -> None:

@@ -5,6 +5,10 @@ torch), imported when first needed so that the module loads before the core is i
 the panel lists the packs installed under MAFM3_HOME first and then those shipped with mafm3 (the demo
 skills); an installed id and version hides a shipped one. Where the core cannot be imported in this process,
 the worker's `list_skills` answer (manifest dicts) is read instead (`skills_from_manifests`).
+
+Several versions of one skill may be installed side by side (an improved version beside the one it was
+fine-tuned from). One of them is *active*: the version a run of that id uses (`mafm3.skills.store`: the one
+chosen with `mafm3 skill use ID@VERSION`, else the highest). The panel lists the active version of each id.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ class SkillInfo:
     demo: bool
     folder: str | None  # the pack folder
     bundled: bool = False  # shipped inside the mafm3 package rather than installed under MAFM3_HOME
+    active: bool = True  # the version of its id that runs (see the module docstring)
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping, folder=None, bundled: bool = False) -> SkillInfo:
+    def from_manifest(cls, manifest: Mapping, folder=None, bundled: bool = False, active=None) -> SkillInfo:
+        """`active` None: as the manifest dict says (`mafm3 skill list --json` marks it), else true."""
         return cls(
             id=str(manifest["id"]),
             version=str(manifest.get("version", "")),
@@ -44,6 +50,7 @@ class SkillInfo:
             demo=bool(manifest.get("demo", False)),
             folder=None if folder is None else str(folder),
             bundled=bundled,
+            active=bool(manifest.get("active", True)) if active is None else bool(active),
         )
 
     @property
@@ -85,7 +92,7 @@ def available_skills() -> list[SkillInfo]:
     from mafm3.skills.registry import installed_and_shipped_skills, is_shipped
 
     skills = [
-        SkillInfo.from_manifest(skill.manifest.to_dict(), skill.folder, is_shipped(skill))
+        SkillInfo.from_manifest(skill.manifest.to_dict(), skill.folder, is_shipped(skill), skill.active)
         for skill in installed_and_shipped_skills()
     ]
     return sorted(skills, key=_order)
@@ -97,15 +104,29 @@ def skills_from_manifests(manifests: Iterable[Mapping]) -> list[SkillInfo]:
     return sorted(skills, key=_order)
 
 
+def active_skills(skills: Iterable[SkillInfo]) -> list[SkillInfo]:
+    """One skill per id: its active version, the one the worker runs for that id (the highest version when
+    none is marked active); in `_order`."""
+    chosen: dict[str, SkillInfo] = {}
+    for skill in skills:
+        known = chosen.get(skill.id)
+        if known is None or (skill.active, version_order(skill.version)) > (
+            known.active,
+            version_order(known.version),
+        ):
+            chosen[skill.id] = skill
+    return sorted(chosen.values(), key=_order)
+
+
 def runnable_skills(skills: Iterable[SkillInfo], has_pet: bool) -> list[SkillInfo]:
-    """The skills whose inputs are all present (CT-only skills, and PET/CT skills when a PET is selected),
-    one per id: the highest version, which is the one the worker runs for that id; in `_order`."""
-    latest: dict[str, SkillInfo] = {}
-    for skill in (skill for skill in skills if skill.runs_on(has_pet)):
-        known = latest.get(skill.id)
-        if known is None or version_order(skill.version) > version_order(known.version):
-            latest[skill.id] = skill
-    return sorted(latest.values(), key=_order)
+    """The active skills (`active_skills`) whose inputs are all present (CT-only skills, and PET/CT skills
+    when a PET is selected)."""
+    return [skill for skill in active_skills(skills) if skill.runs_on(has_pet)]
+
+
+def skill_versions(skills: Iterable[SkillInfo], skill_id: str) -> list[SkillInfo]:
+    """Every installed or shipped version of one skill id, oldest first."""
+    return sorted((skill for skill in skills if skill.id == skill_id), key=_order)
 
 
 def parse_skill_ids(text: str) -> list[str]:

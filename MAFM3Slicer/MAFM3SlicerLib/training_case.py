@@ -1,10 +1,15 @@
-"""The annotator's case -> the files `mafm3 dataset add-case` takes (Qt-free).
+"""The annotator's case -> the files `mafm3 dataset add-case` takes, and the prediction it corrects (Qt-free).
 
 A training dataset holds one label map per case, on the CT grid: 0 background, 1 GTVp, 2 GTVn (HECKTOR 2022).
 The label map is made from the segments named exactly "GTVp" and "GTVn", wherever they came from (a skill,
 then corrected, or drawn by hand); other segments are not part of the dataset. Each segment is resampled onto
 the CT grid by Slicer (`slicer.util.arrayFromSegmentBinaryLabelmap`, which exports it with the CT as reference
 geometry). A voxel cannot be both, so overlapping GTVp and GTVn are refused rather than guessed.
+
+A case saved from segments a skill predicted carries its correction record: the module remembers, per
+segmentation, the run whose result was imported into it and when (`Prediction`); saving passes that run's
+output folder and the seconds since the import to `add-case` (`--prediction`, `--editing-seconds`), and the
+core compares the prediction with the saved label map.
 """
 
 from __future__ import annotations
@@ -33,6 +38,21 @@ class CaseFiles:
     label: Path
     pet: Path | None = None
     clinical: Path | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A run's result as it was imported into a segmentation node, for the correction record.
+
+    folder: the run's job folder (kept while the prediction may still be saved); out_dir: its output folder
+    (labels, result.json: skill id, version, weights and series of the prediction); ct_id: the CT node it
+    was computed on; imported_at: `time.monotonic()` when it was imported (editing starts then).
+    """
+
+    folder: Path
+    out_dir: Path
+    ct_id: str
+    imported_at: float
 
 
 def default_case_id(name: str) -> str:

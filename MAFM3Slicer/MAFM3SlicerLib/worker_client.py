@@ -15,7 +15,7 @@ caller's thread.
 - `{"id": run, "event": "crashed", "returncode", "stderr_tail"}`: the worker exited unexpectedly; one event
   per run in flight, or one with `"id": null` when it was idle.
 
-After either, the next `submit_run` starts a new worker by itself, without blocking: the new worker's `ready`
+After either, the next `submit` starts a new worker by itself, without blocking: the new worker's `ready`
 event arrives through `poll()` like any other.
 
 Inside Slicer the worker is started as `PythonSlicer -m mafm3.worker`. PythonSlicer is the CTK application
@@ -210,9 +210,14 @@ class WorkerClient:
 
     def submit_run(self, params: dict) -> str:
         """Send a `run` request (params as in `mafm3.worker`); returns its id. Starts the worker if needed."""
+        return self.submit("run", params)
+
+    def submit(self, op: str, params: dict) -> str:
+        """Send a job request: `run` or `improve` (params as in `mafm3.worker`); returns its id. Its events,
+        Cancel and a crash are handled alike for every job. Starts the worker if needed."""
         if not self.is_alive():
             self._launch()
-        run_id = self._send_request("run", params=params)
+        run_id = self._send_request(op, params=params)
         self._runs_in_flight[run_id] = None
         return run_id
 

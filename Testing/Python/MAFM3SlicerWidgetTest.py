@@ -16,9 +16,11 @@ import slicer
 
 from MAFM3Slicer import DEVICE_CHOICES
 from MAFM3SlicerLib.demo_study import CLINICAL_ATTRIBUTE
+from MAFM3SlicerLib.improvement import Improvement
 from MAFM3SlicerLib.skills import SkillInfo
 
 SKILLS = [
+    SkillInfo("test-seg-ct", "0.9.0", "segmentation", ("CT",), "CT segmentation", False, None, active=False),
     SkillInfo("test-seg-ct", "1.0.0", "segmentation", ("CT",), "CT segmentation", False, None),
     SkillInfo("test-seg-petct", "1.0.0", "segmentation", ("CT", "PET"), "PET/CT segmentation", True, None),
     SkillInfo("test-rfs", "1.0.0", "prognosis", ("CT",), "prognosis", False, None),
@@ -34,6 +36,7 @@ class MAFM3SlicerWidgetTest(unittest.TestCase):
         self.parameters = self.widget.logic.getParameterNode()
         self.parameters.skillIds = ""
         self.widget._onParameterNodeModified()
+        self.widget._showPacks()
 
     def listed(self):
         skillList = self.widget.ui.skillList
@@ -104,3 +107,48 @@ class MAFM3SlicerWidgetTest(unittest.TestCase):
         self.widget.ui.applyButton.click()
         self.assertIn("'Slice' is 2-D", self.widget.ui.resultsBrowser.toPlainText())
         self.assertEqual(self.widget.ui.applyButton.text, "Apply")  # nothing was started
+
+    def test_the_packs_mark_the_active_version_and_only_segmentation_skills_can_be_improved(self):
+        packs = self.widget.ui.installedPacksList
+        texts = [packs.item(row).text() for row in range(packs.count)]
+        self.assertEqual([t.startswith("test-seg-ct 1.0.0 (active)") for t in texts[:2]], [False, True])
+        self.assertNotIn("(active)", texts[0])  # 0.9.0 stays installed, not active
+        combo = self.widget.ui.improveSkillComboBox
+        self.assertEqual([combo.itemData(i) for i in range(combo.count)], ["test-seg-ct", "test-seg-petct"])
+
+    def test_the_improve_settings_write_the_parameter_node(self):
+        self.widget.ui.improveIterationsSpinBox.value = 300
+        self.widget.ui.improveHoldoutSpinBox.value = 0.2
+        self.assertEqual((self.parameters.improveIterations, self.parameters.improveHoldout), (300, 0.2))
+
+    def test_a_not_worse_improvement_is_shown_and_asked_about_before_anything_is_installed(self):
+        record = {
+            "comparison": {
+                "versions": {
+                    "current": {"id": "test-seg-ct", "version": "1.0.0"},
+                    "new": {"version": "1.1.0"},
+                },
+                "held_out_case_ids": ["A", "B", "C"],
+                "metrics": {
+                    name: {"classes": {"GTVp": {"dice_mean": dice}}}
+                    for name, dice in (("current", 0.5), ("new", 0.6))
+                },
+                "gate": {"passed": True, "reasons": []},
+            },
+            "pack": "/nonexistent/pack",
+            "message": "test-seg-ct 1.1.0 is not worse than 1.0.0.",
+        }
+        asked = []
+        original = slicer.util.confirmYesNoDisplay
+        slicer.util.confirmYesNoDisplay = lambda text, **kwargs: asked.append(text) or False
+        try:
+            self.widget._showImprovement(Improvement.from_record(record))
+            self.widget.onPollWorker()  # the question comes once the poll that brought the result is over
+        finally:
+            slicer.util.confirmYesNoDisplay = original
+        self.assertIn("0.500", self.widget.ui.comparisonBrowser.toPlainText())
+        self.assertEqual(len(asked), 1)
+        self.assertIn("switch to it?", asked[0])
+        self.assertEqual(
+            self.widget.ui.statusLabel.text, "test-seg-ct stays at 1.0.0; the new version was not installed."
+        )

@@ -9,7 +9,9 @@ A run reports `PROGRESS`, then writes with the real writers what a run of the re
 - segmentation: GTVp a block around the CT's centre (a fifth of its size along each axis), GTVn a smaller
   block `GTVN_OFFSET` further along the first array axis, with the manifest's label values, on the CT's grid;
 - prognosis: `PROGNOSIS`;
-- in `inputs` the clinical record and the PET it was given; in `backbone` how many runs this engine made.
+- in `inputs` the clinical record, the PET and the request's given fields (`request`, as the engine records
+  them); in `backbone` how many runs this engine made.
+Each skill id runs its active version, as in the engine.
 Each run first prints `STDOUT_NOISE` from Python and from file descriptor 1, as libraries loading models do.
 
 The first skill id of a request asks for a behaviour when it contains one of these words:
@@ -21,28 +23,52 @@ The first skill id of a request asks for a behaviour when it contains one of the
 | `user-error` | raises `MAFM3Error(USER_ERROR)` |
 | `bug` | raises `ZeroDivisionError` |
 | `crash` | the process exits at once with `CRASH_CODE` |
+
+`improve(params, progress, cancel)` answers the worker's `improve` op without training: it reports
+`IMPROVE_PROGRESS` (stages "train" and "evaluate"; with `slow` in the skill, train progress every 10 ms for up
+to 20 s first), then writes into `params["out"]` a new pack of the skill's active version (or `ID@VERSION`)
+with the next minor version (its manifest, and its weights file when the base pack has one) and a
+`comparison.json` naming `current` and `new`, with `FAKE_DICE` per class (`FAKE_DICE_WORSE` for the new
+version when the skill id contains `worse`, which the gate refuses). With `install` a passing new version is
+copied into MAFM3_HOME's skills and made active, as `mafm3 improve` installs it (without checking weights, so
+that manifest-only packs work); the result is the worker's improve record.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from mafm3.clinical import ClinicalRecord
+from mafm3.config import skills_dir
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.measurements import measure_lesions
 from mafm3.outputs import write_outputs
 from mafm3.results import PrognosisResult, SegmentationResult, StudyResult
+from mafm3.skills.manifest import WEIGHTS_FILE
+from mafm3.skills.packs import resolve_pack
 from mafm3.skills.registry import AvailableSkill, installed_and_shipped_skills
+from mafm3.skills.store import use_version
 
 USER_ERROR = "The fake skill refuses this study; choose another skill."
 CRASH_CODE = 3
 STDOUT_NOISE = "fake backbone loading"
 PROGRESS = [("read", 1.0, "study loaded"), ("inference", 0.5, "window 1 of 2"), ("inference", 1.0, "done")]
+IMPROVE_PROGRESS = [
+    ("train", 0.5, "iteration 1/2"),
+    ("train", 1.0, "iteration 2/2"),
+    ("evaluate", 1.0, "done"),
+]
+FAKE_DICE = {"current": {"GTVp": 0.5, "GTVn": 0.3}, "new": {"GTVp": 0.7, "GTVn": 0.4}}
+FAKE_DICE_WORSE = {"GTVp": 0.2, "GTVn": 0.1}
+FAKE_HELD_OUT = ["FAKE-001", "FAKE-002"]
 GTVN_OFFSET = 0.3  # GTVn's block starts this fraction of the size beyond GTVp's, along the first axis
 PROGNOSIS = PrognosisResult(
     risk=1.75,
@@ -69,6 +95,11 @@ def fake_label_map(ct: sitk.Image, labels: dict[str, int]) -> sitk.Image:
     image = sitk.GetImageFromArray(voxels)
     image.CopyInformation(ct)
     return image
+
+
+def _given(request) -> dict:
+    """The request's fields that were given, as the engine records them in result.json (`inputs.request`)."""
+    return {key: value for key, value in asdict(request).items() if value not in (None, [], "")}
 
 
 class FakeEngine:
@@ -113,14 +144,14 @@ class FakeEngine:
         return self._write(request, out_dir, overwrite)
 
     def _write(self, request, out_dir, overwrite: bool):
-        manifests = {skill.manifest.id: skill.manifest for skill in self.available()}
+        manifests = {skill.manifest.id: skill.manifest for skill in self.available() if skill.active}
         unknown = [skill_id for skill_id in request.skills if skill_id not in manifests]
         if unknown:
             raise MAFM3Error(f"Skill {unknown[0]!r} is not installed; install it first.")
         ct = sitk.ReadImage(str(request.ct))
         clinical = ClinicalRecord.from_json(request.clinical).to_dict() if request.clinical else None
         result = StudyResult(
-            inputs={"ct": request.ct, "clinical": clinical, "pet": request.pet},
+            inputs={"ct": request.ct, "clinical": clinical, "pet": request.pet, "request": _given(request)},
             device=request.device or "cpu",
             backbone={"id": "fake", "runs_of_this_engine": self.runs},
         )
@@ -131,7 +162,12 @@ class FakeEngine:
                 labels = fake_label_map(ct, {spec.name: spec.label for spec in segments})
                 uncertainty = sitk.Cast(labels > 0, sitk.sitkUInt8) * 50  # unsure inside the lesions
                 result.segmentation = SegmentationResult(
-                    labels, segments, manifest.id, manifest.version, uncertainty=uncertainty
+                    labels,
+                    segments,
+                    manifest.id,
+                    manifest.version,
+                    uncertainty=uncertainty,
+                    skill_weights_sha256=manifest.weights["sha256"],
                 )
                 result.segmentation.measurements = measure_lesions(
                     labels, [spec.label for spec in segments], ct, None, uncertainty
@@ -140,3 +176,79 @@ class FakeEngine:
                 result.prognosis = replace(PROGNOSIS, skill_id=manifest.id, skill_version=manifest.version)
         result.timings_s = {"total": 0.01}
         return result, write_outputs(result, out_dir, ct, overwrite=overwrite)
+
+    def improve(self, params: dict, progress, cancel=None) -> dict:
+        base_folder = resolve_pack(params["skill"])
+        base = json.loads((base_folder / "manifest.json").read_text())
+        if "slow" in base["id"]:
+            for step in range(2000):
+                progress("train", step / 2000, "slowly")
+                time.sleep(0.01)
+        for stage, fraction, message in IMPROVE_PROGRESS:
+            progress(stage, fraction, message)
+        from mafm3.skills.manifest import SkillManifest
+        from mafm3.training.improve import COMPARISON_FILE, new_version
+
+        version = new_version(SkillManifest.from_dict(base))
+        new_dice = FAKE_DICE_WORSE if "worse" in base["id"] else FAKE_DICE["new"]
+        dice = {"current": FAKE_DICE["current"], "new": new_dice}
+        passed = sum(new_dice.values()) >= sum(FAKE_DICE["current"].values())
+        out = Path(params["out"]).resolve()
+        if out.exists():
+            raise MAFM3Error(f"{out} already exists and packs are never overwritten; choose a new --out.")
+        out.mkdir(parents=True)
+        (out / "manifest.json").write_text(json.dumps({**base, "version": version}, indent=2))
+        if (base_folder / WEIGHTS_FILE).is_file():
+            shutil.copyfile(base_folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
+        installed = bool(params.get("install")) and passed
+        if installed:  # a copy, as `install_pack` makes, which would refuse a manifest-only pack
+            shutil.copytree(out, skills_dir() / f"{base['id']}-{version}")
+            use_version(base["id"], version)
+        message = (
+            f"{base['id']} {version} is installed and active."
+            if installed
+            else f"{base['id']} {version} is not installed; {base['version']} stays."
+        )
+
+        def summary(values: dict) -> dict:  # the shape of `training.metrics.segmentation_summary`
+            classes = {
+                name: {
+                    "dice_mean": dice,
+                    "dice_mean_ci": {"low": dice - 0.1, "high": dice + 0.1},
+                    "hd95_mm_mean": 5.0,
+                    "hd95_mm_mean_ci": {"low": 4.0, "high": 6.0},
+                }
+                for name, dice in values.items()
+            }
+            return {
+                "n_cases": len(FAKE_HELD_OUT),
+                "classes": classes,
+                "dice_mean_over_classes": sum(values.values()) / len(values),
+            }
+
+        comparison = {
+            "skill": base["id"],
+            "scheme": "holdout",
+            "versions": {
+                "current": {"id": base["id"], "version": base["version"]},
+                "new": {"id": base["id"], "version": version},
+            },
+            "held_out_case_ids": FAKE_HELD_OUT,
+            "metrics": {name: summary(values) for name, values in dice.items()},
+            "per_case": {
+                name: [
+                    {"case_id": case_id, **{f"{cls}_dice": value for cls, value in values.items()}}
+                    for case_id in FAKE_HELD_OUT
+                ]
+                for name, values in dice.items()
+            },
+            "difference": {
+                cls: {"dice_mean": new_dice[cls] - FAKE_DICE["current"][cls], "n_cases": len(FAKE_HELD_OUT)}
+                for cls in new_dice
+            },
+            "gate": {"passed": passed, "reasons": [] if passed else ["mean Dice over classes fell"]},
+            "installed": installed,
+            "message": message,
+        }
+        (out / COMPARISON_FILE).write_text(json.dumps(comparison, indent=2))
+        return {"comparison": comparison, "pack": str(out), "installed": installed, "message": message}

@@ -70,6 +70,61 @@ def test_segmentation_comes_back_on_the_ct_grid_exactly(installed_skills, study_
     assert "no-lesion" not in [flag.code for flag in result.segmentation.qc_flags]
 
 
+def test_a_skill_in_the_authors_axis_order_sees_anterior_to_posterior_along_t_and_maps_back_exactly(
+    backbone_manifest, tmp_path, monkeypatch
+):
+    """The authors' `Orientationd(axcodes="PLS")`: array axis 0 (the CT-ViT's T) runs anterior -> posterior.
+    The CT is stored RAS-wise (x index towards the right, y index towards the front), so only a reorientation
+    puts the gradient where PLS says; its value is the LPS y coordinate (posterior positive) in mm."""
+    authors = PRESETS["hecktor-seg-ct-authors"].preprocessing
+    tiny = tiny_preset("tiny-seg-pls")
+    fields = ("orientation", "axis_order", "interpolator")
+    preset = replace(tiny, preprocessing={**tiny.preprocessing, **{k: authors[k] for k in fields}})
+    backbone = load_backbone(backbone_manifest["path"])
+    export(
+        build_skill_model(preset.config, backbone, preset.name),
+        tmp_path / "pls",
+        backbone_manifest,
+        preset=preset,
+    )
+    install_pack(tmp_path / "pls")
+
+    size, spacing = (30, 26, 20), (2.0, 2.0, 2.0)  # (x, y, z)
+    direction = np.diag([-1.0, -1.0, 1.0])
+    origin = np.array([25.0, 20.0, -10.0])
+    k, j, i = np.indices(size[::-1])  # SimpleITK array order (z, y, x)
+    lps_y = origin[1] + direction[1, 1] * j * spacing[1]  # mm; increasing towards posterior
+    hu = np.where((i < 2) | (i >= size[0] - 2), -1000.0, 2.0 * lps_y)  # tissue at -80 ... 20 HU, air at R, L
+    ct = sitk.GetImageFromArray(hu.astype(np.float32))
+    ct.SetSpacing(spacing)
+    ct.SetOrigin(tuple(origin))
+    ct.SetDirection(tuple(direction.ravel()))
+    mask = tumour_mask(ct)
+    sitk.WriteImage(ct, str(tmp_path / "ct.nrrd"))
+    seen = {}
+
+    def pass_through(skill, prepared, window, **kwargs):
+        seen["axis_order"], seen["ct"] = prepared.axis_order, prepared.array[0]
+        labels = to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")
+        return labels, np.zeros(labels.shape, np.float32)
+
+    monkeypatch.setattr(engine_runner, "segment", pass_through)
+    result, _ = engine().run(RunRequest(ct=str(tmp_path / "ct.nrrd"), skills=["tiny-seg-pls"]))
+    assert seen["axis_order"] == "yxz"
+    inside = seen["ct"] > -1  # the tissue (air is -1 after the window)
+    t, h, w = (np.ptp(axis) + 1 for axis in np.nonzero(inside))
+    assert (t, h, w) == (size[1], size[0] - 4, size[2])  # T: y (A-P), H: x (R-L), W: z (I-S)
+    box = tuple(slice(a.min(), a.max() + 1) for a in np.nonzero(inside))
+    values = seen["ct"][box]
+    assert (np.diff(values, axis=0) > 0).all()  # rising towards posterior: T runs anterior -> posterior
+    np.testing.assert_allclose(np.diff(values, axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(np.diff(values, axis=2), 0, atol=1e-5)
+    labels = result.segmentation.labels
+    assert labels.GetSize() == ct.GetSize() and labels.GetDirection() == ct.GetDirection()
+    assert labels.GetOrigin() == ct.GetOrigin() and labels.GetSpacing() == ct.GetSpacing()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(mask))
+
+
 def test_the_engine_applies_the_postprocessing_its_manifest_declares(installed_skills, study_files):
     from types import SimpleNamespace
 
@@ -81,7 +136,11 @@ def test_the_engine_applies_the_postprocessing_its_manifest_declares(installed_s
     study = load_study(str(ct_path))
     mask = tumour_mask(ct)
     manifest = SimpleNamespace(
-        id="s", version="1", segments=lambda: [GTVP, GTVN], postprocessing={"min_component_ml": 0.0}
+        id="s",
+        version="1",
+        segments=lambda: [GTVP, GTVN],
+        postprocessing={"min_component_ml": 0.0},
+        weights={"sha256": "0" * 64},
     )
     prepared = prepare_input(study, PreprocessingConfig(spacing_mm=ct.GetSpacing(), roi_method="none"))
     labels = to_model_array(mask, prepared.grid, prepared.axis_order, "nearest")

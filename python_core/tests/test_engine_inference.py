@@ -223,13 +223,14 @@ def all_starts(shape, window, overlap):
     return list(itertools.product(*per_axis))
 
 
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])  # ours, and the authors' (MONAI's default)
 @pytest.mark.parametrize("shape", [(20, 17, 12), (8, 30, 6)])  # the second is thinner than the window
-def test_with_every_window_decoded_the_blend_equals_monai(shape):
+def test_with_every_window_decoded_the_blend_equals_monai(shape, blend):
     network = smooth_network()
     volume = torch.randn((2, *shape), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        ours, covered = blend_windows(network, volume, WINDOW, overlap=0.25, sw_batch_size=3)
-        reference = sliding_window_inference(volume[None], WINDOW, 3, network, overlap=0.25, mode="gaussian")
+        ours, covered = blend_windows(network, volume, WINDOW, overlap=0.25, sw_batch_size=3, blend=blend)
+        reference = sliding_window_inference(volume[None], WINDOW, 3, network, overlap=0.25, mode=blend)
     assert covered.all()
     torch.testing.assert_close(ours, reference[0], atol=1e-5, rtol=1e-5)
 

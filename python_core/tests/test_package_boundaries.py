@@ -23,7 +23,7 @@ LAYERS = (  # lowest first; the README's "Layout" states the same order
     ("training",),
     ("cohort", "bench", "environment"),
     ("commands", "worker"),
-    ("cli", "train"),
+    ("cli", "train", "improve"),
     ("__main__",),
 )
 IMAGE_IO = ("ReadImage", "WriteImage", "ImageFileReader", "ImageFileWriter", "ImageSeriesReader")

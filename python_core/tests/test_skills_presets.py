@@ -121,9 +121,10 @@ def test_skill_info_reports_a_preset_as_json(capsys):
     assert report["outputs"][0]["type"]["value"] == "86049000"  # SNOMED CT: Neoplasm, Primary
 
 
-AUTHORS_PRESETS = [  # each `-authors` preset reproduces the paper preset of the same name without the suffix
+AUTHORS_PRESETS = [  # each `-authors` preset trains what the paper preset named without the suffix trains
     "hecktor-seg-ct-authors",
     "hecktor-seg-petct-authors",
+    # "hecktor-prognosis-authors" joins here with the prognosis presets of issue-16-prog
 ]
 
 
@@ -133,8 +134,7 @@ def test_authors_presets_train_exactly_the_paper_presets_parameters(name, capsys
     assert main(["skill", "info", "--preset", name, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["trainable_parameters"] == EXPECTED[FIXTURE_SECTION[paper]]["trainable_total"]
-    assert parameter_counts(get_preset(name)) == parameter_counts(get_preset(paper))
-    assert get_preset(name).config == get_preset(paper).config
+    assert parameter_counts(get_preset(name)) == parameter_counts(get_preset(paper))  # part by part
 
 
 def test_unknown_preset_is_refused_with_the_known_names(capsys):

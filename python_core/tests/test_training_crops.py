@@ -81,6 +81,22 @@ def test_a_case_without_nodes_takes_its_crops_from_the_other_classes(case_arrays
     assert not np.any(classes == 2) and 0.35 < np.mean(classes == 1) < 0.65
 
 
+def test_the_authors_recipe_flips_and_turns_in_the_axial_plane_and_never_shifts_intensity(case_arrays):
+    """hector_ours.py: RandFlipd p 0.2 per axis, RandRotate90d p 0.2 (max_k 3, MONAI's default axes (0, 1),
+    axial on their PLS arrays), no RandShiftIntensityd. Every crop of theirs holds only voxel values of the
+    image; ours shift about half of them."""
+    assert segmentation.axial_axes("yxz") == (0, 1) and segmentation.axial_axes("zxy") == (1, 2)
+    authors = segmentation.RECIPES["authors"]
+    assert (authors.flip_probability, authors.rotate_probability, authors.shift_probability) == (0.2, 0.2, 0)
+    values = set(case_arrays["image"].ravel().tolist())
+    shifted = []
+    for recipe in (authors, segmentation.RECIPES["ours"]):
+        transform = segmentation.crop_transform(WINDOW, 40, seed=3, recipe=recipe, rotate_axes=(0, 1))
+        crops = [np.asarray(crop["image"]) for crop in transform(case_arrays)]
+        shifted.append(sum(not set(crop.ravel().tolist()) <= values for crop in crops))
+    assert shifted[0] == 0 and 10 < shifted[1] < 30  # p 0.5 of 40 crops
+
+
 @pytest.mark.parametrize("ratios", [(0, 1, 1), (1, -1, 1), (1, 1)])
 def test_class_ratios_need_three_non_negative_odds_with_some_background(ratios, tmp_path):
     with pytest.raises(MAFM3Error, match="--class-ratios"):

@@ -9,16 +9,18 @@ of exactly-zero gradients into steps of the learning rate's size).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
-from training_lab import preset_file, read_log
+from training_lab import N_CASES, preset_file, read_log, train_options
 
 from mafm3.skills.packs import verify_pack
+from mafm3.training.pipeline import train
 
-pytestmark = pytest.mark.slow  # two torchrun processes train: about 30 s on 2 cores
+pytestmark = pytest.mark.slow  # two torchrun processes train: about 30 s on 2 cores (each test)
 
 
 def test_two_cpu_ranks_stay_identical_and_write_one_pack(
@@ -46,3 +48,24 @@ def test_two_cpu_ranks_stay_identical_and_write_one_pack(
     assert all(
         len(entry["weights_sha256"]) == 2 == len(set(entry["weights_sha256"])) + 1 for entry in checkpoints
     )
+
+
+def test_improve_under_torchrun_fine_tunes_on_two_ranks_and_rank_0_compares_and_writes(lab, tmp_path):
+    base = tmp_path / "base"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MAFM3_HOME", str(lab.home))
+        train(train_options(lab, "segmentation", base, iterations=2))
+    arguments = ["--skill", str(base), "--dataset", str(lab.cohort), "--iterations", "2", "--bootstrap", "20"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "mafm3.improve", *arguments, "--device", "cpu", "--precision", "fp32"]
+    command += ["--out", str(tmp_path / "new"), "--quiet", "--json"]
+    environment = {**os.environ, "MAFM3_HOME": str(lab.home), "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["base", "base.work", "new"]  # staging gone
+    manifest = verify_pack(tmp_path / "new")
+    assert manifest.training["hyperparameters"]["world_size"] == 2
+    comparison = json.loads((tmp_path / "new" / "comparison.json").read_text())
+    assert comparison["scheme"] == "folds"  # 8 cases, holdout 0.25: 4 parts of 2, each held out in turn
+    assert len(set(comparison["held_out_case_ids"])) == N_CASES

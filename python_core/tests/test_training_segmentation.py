@@ -75,3 +75,30 @@ def test_every_label_voxel_is_in_the_cached_box(case, config):
     assert (grid_label > 0).sum() > 0
     for value in (1, 2):
         assert (arrays["label"] == value).sum() == (grid_label == value).sum()
+
+
+def test_background_crop_centres_lie_in_the_body_not_in_the_air_around_it(case, config):
+    arrays = model_space_case(case, config, WINDOW)
+    assert all(n >= w for n, w in zip(arrays["ct_hu"].shape, WINDOW, strict=True))  # the crops pad nothing,
+    ct, label = arrays["ct_hu"].ravel(), arrays["label"][0].ravel()  # so centres index the box itself
+    assert np.mean(ct[label == 0] < -900) > 0.3  # much of the box's background is air (about -1000 HU)
+    centres = arrays["bg"]
+    assert centres.size > 1000 and (label[centres] == 0).all()
+    assert (ct[centres] > -900).all()
+
+
+def test_the_authors_background_centres_are_where_their_normalised_ct_is_positive(case, config):
+    """`image_threshold=0` on the authors' CT-only normalisation, [-1024, 1024] HU -> [-1, 1]: HU > 0."""
+    values = {
+        **config.to_dict(),
+        "channels": ["ct"],
+        "ct_normalisation": "window",
+        "ct_window": [-1024, 1024],
+    }
+    arrays = model_space_case(case, PreprocessingConfig.from_dict(values), WINDOW)
+    ct, label = arrays["ct_hu"].ravel(), arrays["label"][0].ravel()
+    centres = arrays["bg_authors"]
+    assert centres.size > 100 and (label[centres] == 0).all()
+    assert (ct[centres] >= 0).all()  # HU > 0, rounded to whole HU in the cache
+    candidates = np.flatnonzero((label == 0) & (ct >= 1))  # surely above 0 HU before rounding
+    assert np.isin(candidates, centres).all() or centres.size == 20_000  # all of them, unless sampled

@@ -110,7 +110,7 @@ def test_training_lowers_the_loss_and_writes_an_installable_pack_with_its_proven
 
 
 @pytest.mark.parametrize("task", ["segmentation", "prognosis"])
-def test_a_folds_csv_with_selection_on_the_test_fold_is_recorded_as_the_authors_g2(lab, tmp_path, task):
+def test_the_authors_protocol_folds_csv_test_fold_selection_and_recipe_is_recorded(lab, tmp_path, task):
     ids = sorted(case.case_id for case in load_cohort(lab.cohort))
     folds = {case_id: 7 + index % 2 for index, case_id in enumerate(ids)}  # fold values 7 and 8
     with open(tmp_path / "folds.csv", "w", newline="") as file:
@@ -124,9 +124,15 @@ def test_a_folds_csv_with_selection_on_the_test_fold_is_recorded_as_the_authors_
         select_on_test_fold=True,
         iterations=2,
         val_every=2,
+        recipe="authors",
     )
     result = train(options)
-    training = verify_pack(tmp_path / "pack").training
+    manifest = verify_pack(tmp_path / "pack")
+    training = manifest.training
+    assert training["recipe"] == "authors"
+    if task == "segmentation":  # validation and later inference blend windows as the authors' did
+        assert manifest.inference["blend"] == "constant"
+        assert training["hyperparameters"]["segmentation_recipe"]["background_key"] == "bg_authors"
     test_ids = [case_id for case_id, value in folds.items() if value == 8]  # fold 1: the larger value
     assert training["split"]["folds"][1]["test_ids"] == test_ids and training["fold"] == 1
     assert training["selection_on_test_fold"] is True and "the test fold" in training["selection"]

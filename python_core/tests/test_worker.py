@@ -342,3 +342,99 @@ def test_the_worker_process_exits_cleanly_at_end_of_input():
 
     assert returncode == 0
     assert worker.lines.empty()
+
+
+def _installed_copy(skill_id: str, of: str = "demo-seg-ct") -> None:
+    """A manifest-only pack `skill_id` 1.0.0 in MAFM3_HOME (the fake engine reads manifests only)."""
+    source = json.loads((mafm3.config.bundled_skills_dir() / f"{of}-1.0.0" / "manifest.json").read_text())
+    folder = mafm3.config.skills_dir() / f"{skill_id}-1.0.0"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({**source, "id": skill_id}))
+
+
+def _listed_versions(session: Session, skill_id: str) -> dict[str, bool]:
+    session.send({"id": "l", "op": "list_skills"})
+    return {s["version"]: s["active"] for s in session.event()["skills"] if s["id"] == skill_id}
+
+
+def test_improve_streams_train_and_evaluate_progress_then_the_comparison_and_the_new_active_version(
+    session, tmp_path
+):
+    _installed_copy("fake-seg")
+    out = tmp_path / "improved"
+    params = {"skill": "fake-seg", "dataset": str(tmp_path), "out": str(out), "install": True}
+    session.send({"id": "i1", "op": "improve", "params": params})
+    events = session.events_until_end_of("i1")
+
+    assert [(e["stage"], e["fraction"], e["message"]) for e in events[:-1]] == fake.IMPROVE_PROGRESS
+    result = events[-1]["result"]
+    assert (result["installed"], result["pack"]) == (True, str(out.resolve()))
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert result["comparison"] == comparison
+    assert comparison["versions"]["current"]["version"] == "1.0.0"
+    assert comparison["versions"]["new"]["version"] == "1.1.0"
+    assert comparison["metrics"]["new"]["classes"]["GTVp"]["dice_mean"] == fake.FAKE_DICE["new"]["GTVp"]
+    assert _listed_versions(session, "fake-seg") == {"1.0.0": False, "1.1.0": True}
+
+    session.send({"id": "u", "op": "use_skill", "skill": "fake-seg@1.0.0"})
+    used = session.event()
+    assert used == {
+        "id": "u",
+        "event": "skill_used",
+        "skill": "fake-seg",
+        "version": "1.0.0",
+        "previous": "1.1.0",
+    }
+    assert _listed_versions(session, "fake-seg") == {"1.0.0": True, "1.1.0": False}
+
+
+def test_an_improve_the_gate_refuses_installs_nothing_and_says_why(session, tmp_path):
+    _installed_copy("fake-worse-seg")
+    params = {
+        "skill": "fake-worse-seg",
+        "dataset": str(tmp_path),
+        "out": str(tmp_path / "o"),
+        "install": True,
+    }
+    session.send({"id": "i1", "op": "improve", "params": params})
+    result = session.events_until_end_of("i1")[-1]["result"]
+
+    assert result["installed"] is False and "1.0.0 stays" in result["message"]
+    assert _listed_versions(session, "fake-worse-seg") == {"1.0.0": True}
+
+
+def test_cancel_stops_an_improve_and_leaves_out_and_the_skills_as_they_were(session, tmp_path):
+    _installed_copy("slow-seg")
+    out = tmp_path / "improved"
+    params = {"skill": "slow-seg", "dataset": str(tmp_path), "out": str(out), "install": True}
+    session.send({"id": "i1", "op": "improve", "params": params})
+    assert session.event()["event"] == "progress"
+
+    session.send({"id": "c", "op": "cancel", "target": "i1"})
+    assert session.events_until_end_of("i1")[-1] == {"id": "i1", "event": "cancelled"}
+    assert not out.exists()
+    assert _listed_versions(session, "slow-seg") == {"1.0.0": True}
+
+
+def test_use_skill_of_a_version_that_is_not_there_is_a_user_error_naming_the_versions(session):
+    session.send({"id": "u", "op": "use_skill", "skill": "demo-seg-ct@9.9.9"})
+    error = session.event()
+
+    assert (error["event"], error["kind"]) == ("error", "user")
+    assert "9.9.9 is not installed" in error["message"] and "1.0.0" in error["message"]
+
+
+def test_the_real_improve_path_refuses_a_request_without_its_dataset_in_one_sentence(tmp_path):
+    class EngineWithoutImprove(fake.FakeEngine):
+        improve = None  # as `mafm3.engine.Engine`: the worker runs `mafm3.training.improve`
+
+    running = Session(EngineWithoutImprove)
+    try:
+        running.send(
+            {"id": "i", "op": "improve", "params": {"skill": "demo-seg-ct", "out": str(tmp_path / "o")}}
+        )
+        error = running.events_until_end_of("i")[-1]
+    finally:
+        running.close()
+    assert (error["event"], error["kind"]) == ("error", "user")
+    assert "dataset" in error["message"]

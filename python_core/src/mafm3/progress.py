@@ -18,7 +18,8 @@ def silent_progress(stage: str, fraction: float, message: str = "") -> None:
 class TerminalProgress:
     """Progress on `stream` (stderr): on a terminal, a bar per stage (tqdm), redrawn in place; elsewhere (a CI
     log, the worker's log, `make demo > log`) one line when a stage starts, each time it passes another
-    `LINE_STEP_PERCENT`, and when it ends, so a log holds lines, not carriage-return redraws."""
+    `LINE_STEP_PERCENT`, and when it ends, so a log holds lines, not carriage-return redraws. A context
+    manager: leaving the `with` block closes the bar."""
 
     LINE_STEP_PERCENT = 10
 
@@ -62,6 +63,12 @@ class TerminalProgress:
             )
         self._bar.n = percent
         self._bar.set_postfix_str(message, refresh=True)
+
+    def __enter__(self) -> TerminalProgress:
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._bar is not None:

@@ -143,6 +143,7 @@ class SegmentationResult:
     postprocessing: dict = field(default_factory=dict)
     removed: list[dict] = field(default_factory=list)
     qc_flags: list[QCFlag] = field(default_factory=list)
+    skill_weights_sha256: str | None = None  # the sha256 of the pack's weights file, for the record
 
     @cached_property
     def shape_statistics(self) -> sitk.LabelShapeStatisticsImageFilter:
@@ -178,6 +179,7 @@ class PrognosisResult:
     survival_at_years: dict[int, float]
     skill_id: str
     skill_version: str
+    skill_weights_sha256: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -197,6 +199,7 @@ class ClassificationResult:
     probabilities: dict[str, float]
     skill_id: str
     skill_version: str
+    skill_weights_sha256: str | None = None
 
 
 @dataclass

@@ -5,22 +5,13 @@ torchrun --nproc_per_node 4 -m mafm3.train segmentation --dataset HECKTOR --fold
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from mafm3.commands import train
-from mafm3.errors import MAFM3Error
+from mafm3.commands import standalone_main, train
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mafm3.train", description=train.HELP)
-    train.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return train.run(args)
-    except MAFM3Error as error:
-        print(f"mafm3 train: error: {error}", file=sys.stderr)
-        return 1
+    return standalone_main(train, "mafm3.train", argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ Requests and the events that answer them:
   cpu), `torch` (`mafm3.environment.torch_report`: build, CUDA, usable GPUs), `hints` (why a GPU is unused).
 - `{"id", "op": "list_skills"}` -> `{"id", "event": "skills", "skills": [...]}`: the skills the engine
   chooses from (`Engine.available`: installed packs, then those shipped with mafm3, such as the demo skills),
-  each its manifest (`SkillManifest.to_dict`) plus `path`, the pack folder (null for a built-in skill).
+  each its manifest (`SkillManifest.to_dict`) plus `path`, the pack folder (null for a built-in skill), and
+  `active`: whether it is the active version of its id (several versions of an id may be listed; runs use
+  the active one, see `use_skill`).
   Answered once the engine is built (its imports take seconds right after the worker starts).
 - `{"id", "op": "run", "params": {...}}` -> any number of `{"id", "event": "progress", "stage", "fraction",
   "message"}`, then exactly one of `result`, `error` or `cancelled`. `params` are the fields of
@@ -25,7 +27,22 @@ Requests and the events that answer them:
   `pet_units`, `device`) plus `out` (required: the output folder), `overwrite`, `dicom_seg`, `rtstruct` and
   `sr` (default false), as for `mafm3 run`. `stage` names the step (e.g. "read", "inference", "write"),
   `fraction` is in [0, 1] within it. One run at a time: a run sent while another runs gets a user error.
-- `{"id", "op": "cancel", "target": run id}` -> no event of its own: the target run ends with
+- `{"id", "op": "improve", "params": {"skill", "dataset", "out", "iterations", "holdout", "install"}}` ->
+  progress events as for `run` (stages "preprocess", "train", "evaluate"), then exactly one of
+  `result`, `error` or `cancelled`. `params` are the fields of `mafm3.training.improve.ImproveOptions`, as
+  for `mafm3 improve`: `skill` ("ID" for its active version, or "ID@VERSION"), `dataset` (a HECKTOR-layout
+  folder of saved cases), `out` (the new pack folder, must not exist), optional `iterations`, `holdout`
+  (share of cases held out, default 0.25), `install` (default false), `device`, `precision`. The result is
+  `{"id", "event": "result", "result": {"comparison": the content of <out>/comparison.json, "pack": the
+  absolute path of <out>, "installed": whether the new version was installed and made active, "message":
+  one sentence saying what happened (installed, or why not)}}`. It shares the one job slot with `run`, and
+  is cancelled the same way: training checks the cancel event between iterations, evaluation between
+  cases; a cancelled improve leaves `out` and the installed skills as they were.
+- `{"id", "op": "use_skill", "skill": "ID@VERSION"}` -> `{"id", "event": "skill_used", "skill": ID,
+  "version": VERSION, "previous": the version that was active before}`: makes that installed (or shipped)
+  version the active one (`mafm3 skill use`), which every later run of the id uses; a version that is not
+  there is a user error. Answered at once, also while a job runs (that job keeps the version it loaded).
+- `{"id", "op": "cancel", "target": job id}` -> no event of its own: the target run or improve ends with
   `{"id": target, "event": "cancelled"}`, or with its result or error if it finished first. An unknown
   target is ignored.
 - `{"id", "op": "shutdown"}` -> the running job (if any) is cancelled and sends its last event, then
@@ -46,7 +63,9 @@ raising `mafm3.engine.Cancelled`.
 
 Testing hook: `MAFM3_WORKER_ENGINE=module:callable` makes the worker build its engine with that callable
 instead of `mafm3.engine.Engine`, so tests can drive the real process with a fake engine (any
-`WorkerEngine`: what the worker calls of an engine).
+`WorkerEngine`: what the worker calls of an engine). An engine that also has a method
+`improve(params, progress, cancel) -> result dict` (the tests' fake engine does) answers the `improve` op
+itself; otherwise the worker runs `mafm3.training.improve.improve`.
 """
 
 from __future__ import annotations
@@ -134,6 +153,34 @@ def hello_report() -> dict:
     }
 
 
+def improve_skill(engine, params: dict, progress: ProgressCallback, cancel: threading.Event) -> dict:
+    """One `improve` request: `mafm3 improve` with the params as options (or the engine's own `improve`,
+    the testing hook); returns the result record (comparison, pack, installed, message)."""
+    own = getattr(engine, "improve", None)
+    if own is not None:
+        return own(params, progress, cancel)
+    from mafm3.training.improve import ImproveOptions, improve
+
+    unknown = sorted(set(params) - {field.name for field in dataclasses.fields(ImproveOptions)})
+    if unknown:
+        raise ValueError(f"Unknown improve parameters {unknown}.")
+    missing = [name for name in ("skill", "dataset", "out") if name not in params]
+    if missing:
+        raise MAFM3Error(f"An improve request needs {', '.join(missing)}; give the skill, dataset and out.")
+    return improve(ImproveOptions(**params), progress, cancel).record()
+
+
+def use_skill(reference: str) -> dict:
+    """One `use_skill` request: make ID@VERSION the active version; the `skill_used` event's fields."""
+    from mafm3.skills.store import split_reference, use_version
+
+    skill_id, version = split_reference(str(reference or ""))
+    if version is None:
+        raise MAFM3Error(f"Name the version to use as ID@VERSION, e.g. {skill_id or 'demo-seg-ct'}@1.0.0.")
+    previous = use_version(skill_id, version)
+    return {"skill": skill_id, "version": version, "previous": previous}
+
+
 def run_study(engine, params: dict, progress: ProgressCallback, cancel: threading.Event) -> dict:
     """One `run` request: the engine runs and writes the outputs, as for `mafm3 run`; returns the record."""
     from mafm3.engine import RunRequest
@@ -207,7 +254,11 @@ class Worker:
             elif op == "list_skills":
                 self.send(request_id, "skills", skills=self._available_skills())
             elif op == "run":
-                self._start_job(request_id, request.get("params") or {})
+                self._start_job(request_id, run_study, request.get("params") or {})
+            elif op == "improve":
+                self._start_job(request_id, improve_skill, request.get("params") or {})
+            elif op == "use_skill":
+                self.send(request_id, "skill_used", **use_skill(request.get("skill")))
             elif op == "cancel":
                 with self._job_lock:
                     if self._job is not None and self._job.id == request.get("target"):
@@ -217,7 +268,10 @@ class Worker:
                 self.send(request_id, "bye")
                 return False
             else:
-                raise ValueError(f"Unknown op {op!r}; expected hello, list_skills, run, cancel or shutdown.")
+                raise ValueError(
+                    f"Unknown op {op!r}; expected hello, list_skills, run, improve, use_skill, cancel or "
+                    "shutdown."
+                )
         except Exception as error:
             self._send_error(request_id, error)
         return True
@@ -241,7 +295,11 @@ class Worker:
 
     def _available_skills(self) -> list[dict]:
         return [
-            {**skill.manifest.to_dict(), "path": None if skill.folder is None else str(skill.folder)}
+            {
+                **skill.manifest.to_dict(),
+                "path": None if skill.folder is None else str(skill.folder),
+                "active": skill.active,
+            }
             for skill in self._built_engine().available()
         ]
 
@@ -266,21 +324,24 @@ class Worker:
         name = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
         self.send(request_id, "error", kind="internal", message=f"The worker failed ({name}); see its log.")
 
-    def _start_job(self, request_id, params: dict) -> None:
+    def _start_job(self, request_id, job: Callable, params: dict) -> None:
+        """Start `job(engine, params, progress, cancel) -> record` (`run_study`, `improve_skill`)."""
         with self._job_lock:
             if self._job is not None:
-                raise MAFM3Error("A run is already in progress; wait for it to finish or cancel it first.")
+                raise MAFM3Error(
+                    "A run or improve is already in progress; wait for it to finish or cancel it first."
+                )
             cancel = threading.Event()
             thread = threading.Thread(
                 target=self._run_job,
-                args=(request_id, params, cancel),
+                args=(request_id, job, params, cancel),
                 name=f"mafm3-job-{request_id}",
                 daemon=True,
             )
             self._job = _Job(request_id, cancel, thread)
             thread.start()
 
-    def _run_job(self, request_id, params: dict, cancel: threading.Event) -> None:
+    def _run_job(self, request_id, job: Callable, params: dict, cancel: threading.Event) -> None:
         def progress(stage: str, fraction: float, message: str = "") -> None:
             if cancel.is_set():
                 from mafm3.engine import Cancelled
@@ -289,7 +350,7 @@ class Worker:
             self.send(request_id, "progress", stage=stage, fraction=float(fraction), message=message)
 
         try:
-            record = run_study(self._built_engine(), params, progress, cancel)
+            record = job(self._built_engine(), params, progress, cancel)
         except Exception as error:
             with self._job_lock:
                 self._job = None

@@ -39,6 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--relapse", type=int, choices=(0, 1), help="1 if relapse was observed at --rfs, else 0")
     add.add_argument("--centre", metavar="NAME", help="centre name (written as CenterID)")
     add.add_argument("--overwrite", action="store_true", help="replace an existing case with this id")
+    add.add_argument(
+        "--prediction",
+        type=Path,
+        metavar="RUN_OUT_DIR",
+        help="the `mafm3 run` output folder whose segmentation --label corrects: writes "
+        "corrections/<ID>.json (skill version, voxels added/removed, Dice of prediction vs correction)",
+    )
+    add.add_argument(
+        "--editing-seconds",
+        type=float,
+        metavar="S",
+        help="how long the case was open for editing (recorded with --prediction)",
+    )
     add.set_defaults(_action=_add_case)
 
     info = actions.add_parser(
@@ -70,17 +83,22 @@ def _add_case(args: argparse.Namespace) -> int:
         relapse=None if args.relapse is None else bool(args.relapse),
         centre=args.centre,
         overwrite=args.overwrite,
+        prediction=args.prediction,
+        editing_seconds=args.editing_seconds,
     )
     parts = ["CT", "PET" if case.pet else None, "label", "clinical" if case.clinical else None]
     parts.append(f"RFS {case.rfs_days:g} days, relapse {int(case.relapse)}" if case.has_endpoint else None)
+    parts.append("correction record" if args.prediction else None)
     print(f"added case {case.case_id} to {args.dataset} ({', '.join(p for p in parts if p)})")
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
+    from mafm3.training import corrections
     from mafm3.training.datasets import load_cohort
 
     summary = load_cohort(args.dataset).summary()
+    summary["corrections"] = corrections.summary(corrections.read_records(args.dataset))
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -95,7 +113,25 @@ def _info(args: argparse.Namespace) -> int:
                 f"clinical     {summary['with_clinical']}",
                 f"endpoints    {summary['with_endpoint']} ({summary['events']} events)",
                 f"centres      {centres}",
+                *_correction_lines(summary["corrections"]),
             ]
         )
     )
     return 0
+
+
+def _correction_lines(summary: dict) -> list[str]:
+    """The correction records: per skill version, the mean Dice of prediction vs correction (the effort)."""
+    lines = [f"corrections  {summary['cases_with_record']} case(s) with a record"]
+    for version, entry in summary["by_skill_version"].items():
+        dice = ", ".join(
+            f"{name} {values['mean_dice_prediction_vs_correction']:.3f}"
+            if values["mean_dice_prediction_vs_correction"] is not None
+            else f"{name} n/a"
+            for name, values in entry.items()
+            if isinstance(values, dict)
+        )
+        seconds = entry["mean_editing_seconds"]
+        time = f", {seconds:.0f} s editing on average" if seconds is not None else ""
+        lines.append(f"  {version}: {entry['cases']} case(s), Dice prediction vs correction {dice}{time}")
+    return lines

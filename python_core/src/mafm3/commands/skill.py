@@ -1,11 +1,13 @@
-"""`mafm3 skill list|info|install|remove`: the skill packs of this installation, offline."""
+"""`mafm3 skill list|info|install|remove|use`: the skill packs of this installation, offline."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-HELP = "list, describe, install (offline, checksum verified) or remove skill packs"
+HELP = (
+    "list, describe, install (offline, checksum verified), remove skill packs, or choose the active version"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,7 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing = actions.add_parser(
         "list", help="list the installed skill packs", description="List installed skills."
     )
-    listing.add_argument("--json", action="store_true", help="print the manifests as JSON")
+    listing.add_argument(
+        "--json", action="store_true", help="print the manifests as JSON (each with `active`: true or false)"
+    )
     info = actions.add_parser(
         "info",
         help="describe a pack (folder, zip, installed or shipped id) or a preset",
@@ -34,10 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     remove.add_argument("skill_id", metavar="ID", help="skill id, e.g. hecktor-seg-ct")
     remove.add_argument("--version", help="which version, when several are installed")
+    use = actions.add_parser(
+        "use",
+        help="make one installed version of a skill the active one (the one runs use)",
+        description="Switch a skill to another installed or shipped version, e.g. back to the one an "
+        "`mafm3 improve` version was fine-tuned from. The versions stay installed side by side.",
+    )
+    use.add_argument("reference", metavar="ID@VERSION", help="e.g. demo-seg-petct@1.0.0")
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"list": _list, "info": _info, "install": _install, "remove": _remove}[args.action](args)
+    actions = {"list": _list, "info": _info, "install": _install, "remove": _remove, "use": _use}
+    return actions[args.action](args)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -55,8 +67,10 @@ def _list(args: argparse.Namespace) -> int:
             print(f"{manifest['id']:<24} BROKEN: {manifest['error']}")
             continue
         modalities = "+".join(manifest.get("modalities", []))
-        demo = ("  DEMO" if manifest.get("demo") else "") + (
-            "  (shipped with mafm3)" if manifest.get("shipped") else ""
+        demo = (
+            ("  ACTIVE" if manifest.get("active") else "")
+            + ("  DEMO" if manifest.get("demo") else "")
+            + ("  (shipped with mafm3)" if manifest.get("shipped") else "")
         )
         backbone = manifest.get("backbone", {}).get("id", "?")
         columns = f"{manifest['id']:<24} {manifest['version']:<10} {manifest['task']:<15} {modalities:<7}"
@@ -144,4 +158,19 @@ def _remove(args: argparse.Namespace) -> int:
 
     removed = remove_pack(args.skill_id, args.version)
     print(f"removed {removed}")
+    return 0
+
+
+def _use(args: argparse.Namespace) -> int:
+    from mafm3.errors import MAFM3Error
+    from mafm3.skills.store import split_reference, use_version
+
+    skill_id, version = split_reference(args.reference)
+    if version is None:
+        raise MAFM3Error(f"Name the version to use, e.g. `mafm3 skill use {skill_id}@1.0.0`.")
+    previous = use_version(skill_id, version)
+    back = (
+        f"; go back with `mafm3 skill use {skill_id}@{previous}`" if previous not in (None, version) else ""
+    )
+    print(f"{skill_id} now runs version {version} (was {previous}){back}")
     return 0

@@ -146,17 +146,13 @@ def _modalities(text: str) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mafm3.commands import options_from
     from mafm3.progress import TerminalProgress
     from mafm3.training.pipeline import TrainOptions, train
 
-    options = TrainOptions(
-        **{name: getattr(args, name) for name in TrainOptions.__dataclass_fields__ if hasattr(args, name)}
-    )
-    progress = TerminalProgress(enabled=not args.quiet)
-    try:
+    options = options_from(args, TrainOptions)
+    with TerminalProgress(enabled=not args.quiet) as progress:
         result = train(options, progress)
-    finally:
-        progress.close()
     if args.quiet or result.manifest is None:  # only rank 0 writes the pack and reports
         if result.out is None and not args.quiet and os.environ.get("RANK", "0") == "0":
             print(f"stopped at iteration {result.fit.step}; continue with --resume ({result.work})")

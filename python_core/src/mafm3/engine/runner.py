@@ -41,6 +41,7 @@ from mafm3.results import ClassificationResult, PrognosisResult, SegmentationRes
 from mafm3.skills.manifest import PostprocessingConfig
 from mafm3.skills.packs import LoadedSkill, load_skill
 from mafm3.skills.registry import AvailableSkill, choose_skill, installed_and_shipped_skills
+from mafm3.skills.store import split_reference
 from mafm3.skills.text_side import load_clip_text, load_text_encoder
 from mafm3.tasks import TASKS
 
@@ -108,8 +109,9 @@ class Engine:
         candidates = self.available()
         if request.skills:
             chosen = []
-            for skill_id in request.skills:
-                tasks = {s.manifest.task for s in candidates if s.manifest.id == skill_id}
+            for skill_id in request.skills:  # an id (its active version) or ID@VERSION
+                named_id = split_reference(skill_id)[0]
+                tasks = {s.manifest.task for s in candidates if s.manifest.id == named_id}
                 task = tasks.pop() if len(tasks) == 1 else "segmentation"
                 chosen.append(choose_skill(task, modalities, candidates, skill_id))
             return chosen
@@ -271,10 +273,13 @@ class Engine:
                 survival_at_years={y: float(p[0]) for y, p in outcome["survival_at_years"].items()},
                 skill_id=manifest.id,
                 skill_version=manifest.version,
+                skill_weights_sha256=manifest.weights["sha256"],
             )
         else:
             probabilities = classify(model, prepared, device=device, dtype=dtype, clock=clock)
-            result.classification = ClassificationResult(probabilities, manifest.id, manifest.version)
+            result.classification = ClassificationResult(
+                probabilities, manifest.id, manifest.version, manifest.weights["sha256"]
+            )
         progress("inference", 1.0, f"{manifest.id} done")
 
     def _cpu_decoder(self, loaded: LoadedSkill, channels: int, dtype: torch.dtype | None) -> RaceDecoder:
@@ -369,6 +374,7 @@ def segmentation_on_ct(
         ),
         postprocessing=config.to_dict(),
         removed=[component.to_dict() for component in removed],
+        skill_weights_sha256=manifest.weights["sha256"],
     )
     result.qc_flags = qc_flags(result, prepared.grid, study.clinical, study.checks.get("pet_ct_registration"))
     return result

@@ -2,10 +2,11 @@
 
 prognosis.json: {skill: {id, version}, risk, risk_group, survival_curve: {times_days, survival},
 survival_probability: {"1y", "2y", "3y", "5y"}, demo[, disclaimer]}.
-result.json: {mafm3_version, demo[, disclaimer], inputs, skills: [{task, id, version}], backbone, device,
-timings_s, peak_rss_gb, segmentation: {skill, segments, volumes_ml, qc_flags, postprocessing} | null,
-prognosis | null, classification: {skill, probabilities} | null, warnings: [one sentence each], outputs: [file
-names in the output folder]}.
+result.json: {mafm3_version, demo[, disclaimer], inputs (with `sources`: each file's path and, for DICOM, its
+series, study and frame-of-reference UIDs), skills: [{task, id, version, weights_sha256}], backbone, device,
+timings_s, peak_rss_gb, segmentation: {skill: {id, version, weights_sha256}, segments, volumes_ml, qc_flags,
+postprocessing} | null, prognosis | null, classification: {skill, probabilities} | null, warnings: [one
+sentence each], outputs: [file names in the output folder]}.
 
 Each entry of `segmentation.segments` is the segment's definition (label, name, colour, codes) with its
 measurements (`imaging.measurements`: volume_ml, hu_mean, suv_max, suv_mean, suv_peak, mtv_ml, tlg,
@@ -27,7 +28,8 @@ DEMO_DISCLAIMER = "demo — synthetic data, not for clinical use"
 
 
 def _skill(result) -> dict:
-    return {"id": result.skill_id, "version": result.skill_version}
+    weights = {"weights_sha256": result.skill_weights_sha256} if result.skill_weights_sha256 else {}
+    return {"id": result.skill_id, "version": result.skill_version, **weights}
 
 
 def _write_json(record: dict, path: str | Path) -> Path:

@@ -264,17 +264,21 @@ def is_shipped_folder(folder: Path) -> bool:
 
 
 def resolve_pack(name_or_path: str | Path) -> Path:
-    """A pack folder or zip given as a path, else the newest version of a skill id, installed or shipped with
-    mafm3 (installed first). Raises `MAFM3Error` when it is none of these."""
-    from mafm3.skills.registry import version_key
+    """A pack folder or zip given as a path, else a skill id's active version (`skills.store`: the one chosen
+    with `mafm3 skill use`, else the newest), or `ID@VERSION`, installed or shipped with mafm3 (installed
+    first). Raises `MAFM3Error` when it is none of these."""
+    from mafm3.skills.store import active_version, split_reference
 
     path = Path(name_or_path)
     if path.exists():
         return path
-    for root in (skills_dir(), bundled_skills_dir()):
-        folders = installed_pack_folders(str(name_or_path), root=root)
-        if folders:
-            return max(folders, key=lambda folder: version_key(SkillManifest.read(folder).version))
+    skill_id, version = split_reference(str(name_or_path))
+    found = {}  # version -> folder, installed before shipped
+    for root in (bundled_skills_dir(), skills_dir()):
+        for folder in installed_pack_folders(skill_id, version, root=root):
+            found[SkillManifest.read(folder).version] = folder
+    if found:
+        return found[active_version(skill_id, set(found)) if version is None else version]
     raise MAFM3Error(
         f"{name_or_path} is not a skill pack folder or .zip, nor an installed or shipped skill id; give the "
         "pack's folder or .zip, or an id that `mafm3 skill list` shows."
@@ -309,9 +313,13 @@ def remove_pack(skill_id: str, version: str | None = None, root: Path | None = N
     if len(folders) > 1:
         versions = ", ".join(SkillManifest.read(folder).version for folder in folders)
         raise MAFM3Error(f"Skill {skill_id} is installed in versions {versions}; choose one with --version.")
+    from mafm3.skills.store import forget_version
+
+    removed_version = SkillManifest.read(folders[0]).version
     doomed = folders[0].with_name(f".{folders[0].name}.removing-{os.getpid()}")
     folders[0].rename(doomed)  # atomic: the pack disappears at once, then its files are deleted
     shutil.rmtree(doomed)
+    forget_version(skill_id, removed_version)  # a version installed again later is not chosen by itself
     return folders[0]
 
 

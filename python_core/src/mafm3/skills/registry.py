@@ -2,7 +2,8 @@
 
 There is no learned router. For a task, the skills whose required modalities are all available are
 candidates; the one that uses the most of them wins (the PET/CT skill when PET is given, else the CT skill),
-then a real skill over a demo one, then the highest version. Anything that does not fit is refused with one
+then a real skill over a demo one, then the active version of its id (`skills.store`: the one chosen with
+`mafm3 skill use`, else the highest), then the highest version. Anything that does not fit is refused with one
 sentence naming what would fit. No torch here: the Slicer GUI calls this too.
 """
 
@@ -10,23 +11,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mafm3 import config
 from mafm3.config import skills_dir
 from mafm3.errors import MAFM3Error
 from mafm3.skills.manifest import MANIFEST_FILE, SkillManifest
+from mafm3.skills.store import active_version, split_reference
 
 ZERO_SHOT_ID = "ctclip-zeroshot"
 
 
 @dataclass(frozen=True)
 class AvailableSkill:
-    """A skill that can be loaded: its manifest and pack folder (None: built in, without weights)."""
+    """A skill that can be loaded: its manifest and pack folder (None: built in, without weights); active:
+    whether it is the active version of its id (`skills.store`), the one chosen when the id is asked for."""
 
     manifest: SkillManifest
     folder: Path | None
+    active: bool = True
 
 
 def available_skills(backbone: dict | None = None, root: Path | None = None) -> list[AvailableSkill]:
@@ -57,7 +61,13 @@ def installed_and_shipped_skills(roots: list[Path] | None = None) -> list[Availa
     for root in roots:
         for skill in available_skills(root=Path(root)):
             found.setdefault((skill.manifest.id, skill.manifest.version), skill)
-    return list(found.values())
+    versions: dict[str, set[str]] = {}
+    for skill_id, version in found:
+        versions.setdefault(skill_id, set()).add(version)
+    active = {skill_id: active_version(skill_id, of_id) for skill_id, of_id in versions.items()}
+    return [
+        replace(skill, active=active[skill.manifest.id] == skill.manifest.version) for skill in found.values()
+    ]
 
 
 def is_shipped(skill: AvailableSkill) -> bool:
@@ -94,15 +104,18 @@ def choose_skill(
 ) -> AvailableSkill:
     """The skill to run for `task` given the available `modalities` (e.g. {"CT", "PET"}), or the one named.
 
-    Raises MAFM3Error when nothing fits, naming the missing modality or the skill that would fit.
+    skill_id: an id (its active version) or `ID@VERSION`. Raises MAFM3Error when nothing fits, naming the
+    missing modality or the skill that would fit.
     """
     available = {m.upper() for m in modalities}
     of_task = [s for s in skills if s.manifest.task == task]
     if skill_id is not None:
-        named = [s for s in skills if s.manifest.id == skill_id]
+        skill_id, version = split_reference(skill_id)
+        named = [s for s in skills if s.manifest.id == skill_id and version in (None, s.manifest.version)]
         if not named:
+            which = f"{skill_id} {version}" if version else repr(skill_id)
             raise MAFM3Error(
-                f"Skill {skill_id!r} is not installed; `mafm3 skill list` shows the installed skills."
+                f"Skill {which} is not installed; `mafm3 skill list` shows the installed skills."
             )
         if named[0].manifest.task != task:
             raise MAFM3Error(
@@ -125,7 +138,12 @@ def choose_skill(
         )
     return max(
         fitting,
-        key=lambda s: (len(s.manifest.modalities), not s.manifest.demo, version_key(s.manifest.version)),
+        key=lambda s: (
+            len(s.manifest.modalities),
+            not s.manifest.demo,
+            s.active,
+            version_key(s.manifest.version),
+        ),
     )
 
 

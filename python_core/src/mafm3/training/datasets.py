@@ -38,7 +38,7 @@ import numpy as np
 
 from mafm3.clinical import ClinicalRecord
 from mafm3.errors import MAFM3Error
-from mafm3.files import atomic_write, file_sha256
+from mafm3.files import atomic_write, atomic_write_text, file_sha256
 
 LABEL_VALUES = frozenset({0, 1, 2})  # background, GTVp, GTVn
 GRID_TOLERANCE = 1e-4  # mm (spacing, origin) and direction-cosine units
@@ -406,8 +406,14 @@ def add_case(
     relapse: bool | None = None,
     centre: str | None = None,
     overwrite: bool = False,
+    prediction: str | Path | None = None,
+    editing_seconds: float | None = None,
 ) -> Case:
     """Add an annotated case to a HECKTOR 2022 layout folder (created if new) and return it as read back.
+
+    prediction: the `mafm3 run` output folder whose segmentation the label corrects; its correction record
+    (`training.corrections`, with `editing_seconds`) is written to `corrections/<case id>.json`. Replacing a
+    case without one removes its old record.
 
     Images are converted to NIfTI with their geometry. The label must lie on the CT grid and hold only 0/1/2.
     The case id defaults to the CT's file name (without `__CT` and extensions). Clinical values (and the
@@ -419,6 +425,8 @@ def add_case(
 
     from mafm3.imaging.io import read_image, write_image
     from mafm3.imaging.validation import validate_ct, validate_volume
+    from mafm3.training.corrections import FOLDER as CORRECTIONS
+    from mafm3.training.corrections import correction_record
 
     root = Path(dataset)
     case_id = case_id or _strip_suffix(Path(ct).name.split(".")[0], "__CT")
@@ -450,6 +458,11 @@ def add_case(
             f"The label {label} holds values {sorted(values)}: only 0, 1 (GTVp) and 2 (GTVn) are allowed."
         )
     label_image = sitk.Cast(label_image, sitk.sitkUInt8)
+    if editing_seconds is not None and prediction is None:
+        raise MAFM3Error(
+            "--editing-seconds belongs to a correction: give the run it corrects with --prediction."
+        )
+    record = correction_record(prediction, label_image, case_id, editing_seconds) if prediction else None
 
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
@@ -460,6 +473,12 @@ def add_case(
         atomic_write(path, lambda tmp, image=image: write_image(image, tmp))
     for stale in set(old.files() if old else []) - set(new_files):
         stale.unlink()
+    record_path = root / CORRECTIONS / f"{case_id}.json"
+    if record is not None:
+        record_path.parent.mkdir(exist_ok=True)
+        atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
+    else:
+        record_path.unlink(missing_ok=True)
     if rfs_days is not None:
         row = {"PatientID": case_id, "Relapse": _cell(bool(relapse)), "RFS": _cell(float(rfs_days))}
         _upsert_row(endpoint_csv or root / "endpoint.csv", row, ["PatientID", "Relapse", "RFS"])

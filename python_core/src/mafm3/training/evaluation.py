@@ -40,6 +40,7 @@ from mafm3.skills.registry import AvailableSkill
 from mafm3.tasks import TRAINABLE_TASKS
 from mafm3.training.datasets import Case, Cohort, load_cohort
 from mafm3.training.metrics import (
+    AUTHORS_DICE_CLASSES,
     authors_dice,
     authors_dice_case,
     image_case_metrics,
@@ -101,30 +102,20 @@ def evaluate(
                 f"Skill {manifest['id']} does {task}; `mafm3 eval` measures segmentation or prognosis."
             )
         cases, scope, seen = _cases(cohort, manifest, fold)
-        rows, outcomes, authors_rows = [], [], []
+        rows, outcomes = [], []
         for number, case in enumerate(cases):
             progress("evaluate", number / len(cases), f"case {case.case_id} ({number + 1} of {len(cases)})")
-            study = case_study(case)
             if task == "segmentation":
-                reference = read_image(case.label)[0]
-                try:
-                    prediction = predict(study)
-                    rows.append({"case_id": case.case_id, **image_case_metrics(prediction, reference)})
-                except ValueError as error:
-                    raise MAFM3Error(
-                        f"The label of case {case.case_id} is not on its CT grid ({error}); export it on "
-                        "the CT's geometry."
-                    ) from error
-                authors_rows.append(_authors_dice_on_roi(prediction, reference, study, manifest, case))
-                rows[-1].update({f"authors_dice_{k}": v for k, v in authors_rows[-1].items()})
+                rows.append(_segmentation_row(predict, case, manifest))
             else:
-                outcome = predict(study)
+                outcome = predict(case_study(case))
                 outcomes.append(outcome)
                 rows.append(_prognosis_row(case, outcome))
         progress("evaluate", 1.0, f"{len(cases)} cases")
     ci = {"n_resamples": n_resamples, "seed": seed}
     if task == "segmentation":
-        metrics = {**segmentation_summary(rows, **ci), "authors": authors_dice(authors_rows)}
+        authors = [{name: row[f"authors_dice_{name}"] for name in AUTHORS_DICE_CLASSES} for row in rows]
+        metrics = {**segmentation_summary(rows, **ci), "authors": authors_dice(authors)}
     else:
         metrics = _prognosis_metrics(cohort, cases, rows, outcomes, seen, ci)
     summary = {
@@ -145,6 +136,48 @@ def evaluate(
     }
     write_metrics(out, summary, rows)
     return summary
+
+
+def segmentation_rows(
+    pack: str | Path,
+    cases: list[Case],
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    dense: bool = False,
+    progress: ProgressCallback = silent_progress,
+) -> list[dict]:
+    """The per-case metrics rows (`image_case_metrics` with `case_id`) of a segmentation skill pack on
+    `cases`, each segmented by the engine exactly as `mafm3 run` and `evaluate` segment it."""
+    from mafm3.skills.packs import verify_pack
+
+    folder = resolve_pack(pack)
+    predict = _engine_predictor(AvailableSkill(verify_pack(folder), folder), device, precision, dense)
+    rows = []
+    for number, case in enumerate(cases):
+        progress("evaluate", number / len(cases), f"case {case.case_id} ({number + 1} of {len(cases)})")
+        rows.append(_segmentation_row(predict, case))
+    progress("evaluate", 1.0, f"{len(cases)} cases")
+    return rows
+
+
+def _segmentation_row(predict: Callable, case: Case, manifest: dict | None = None) -> dict:
+    """`image_case_metrics` of one case with its `case_id`, and with the skill's `manifest` also the
+    authors' Dice of each class (`authors_dice_<class>`, `_authors_dice_on_roi`)."""
+    study = case_study(case)
+    reference = read_image(case.label)[0]
+    try:
+        prediction = predict(study)
+        row = {"case_id": case.case_id, **image_case_metrics(prediction, reference)}
+    except ValueError as error:
+        raise MAFM3Error(
+            f"The label of case {case.case_id} is not on its CT grid ({error}); export it on the CT's "
+            "geometry."
+        ) from error
+    if manifest is not None:
+        authors = _authors_dice_on_roi(prediction, reference, study, manifest, case)
+        row.update({f"authors_dice_{name}": value for name, value in authors.items()})
+    return row
 
 
 def _engine_predictor(skill: AvailableSkill, device: str, precision: str, dense: bool) -> Callable:

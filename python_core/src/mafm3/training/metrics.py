@@ -161,7 +161,8 @@ def segmentation_summary(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict:
-    """Per-class mean Dice and aggregated Dice (with bootstrap CIs over cases), HD95 and counts."""
+    """Per-class mean Dice, aggregated Dice and mean HD95 (with bootstrap CIs over cases), median HD95 and
+    counts."""
     if not rows:
         raise ValueError("`rows` is empty: there is no case to summarise")
     summary: dict = {"n_cases": len(rows), "policy": SEGMENTATION_POLICY, "classes": {}}
@@ -187,6 +188,7 @@ def segmentation_summary(
             "dice_aggregated": aggregated_dice(everything),
             "dice_aggregated_ci": bootstrap_ci(aggregated_dice, len(rows), **ci),
             "hd95_mm_mean": _nanmean(hd95),
+            "hd95_mm_mean_ci": bootstrap_ci(lambda index, hd95=hd95: _nanmean(hd95[index]), len(rows), **ci),
             "hd95_mm_median": float(np.nanmedian(hd95)) if np.isfinite(hd95).any() else math.nan,
             "n_evaluated": int(np.isfinite(dice).sum()),
             "n_both_empty": int((~true & ~predicted).sum()),

@@ -59,13 +59,20 @@ class TrainResult:
     hyperparameters: dict = field(default_factory=dict)
 
 
-def train(options: TrainOptions, progress: ProgressCallback = silent_progress) -> TrainResult:
-    """Train as `options` say, on this process's rank (torchrun) or alone; returns on every rank."""
-    ranks = Ranks.start(options.device)
+def train(
+    options: TrainOptions, progress: ProgressCallback = silent_progress, ranks: Ranks | None = None
+) -> TrainResult:
+    """Train as `options` say, on this process's rank (torchrun) or alone; returns on every rank.
+
+    ranks: a process group already joined, kept open after training (`mafm3 improve` trains several packs
+    in one torchrun job: a group cannot be joined again once left); default: join here and leave at the end.
+    """
+    joined = Ranks.start(options.device) if ranks is None else ranks
     try:
-        return _train(options, ranks, progress)
+        return _train(options, joined, progress)
     finally:
-        ranks.close()
+        if ranks is None:
+            joined.close()
 
 
 def _train(options: TrainOptions, ranks: Ranks, progress: ProgressCallback) -> TrainResult:
@@ -120,6 +127,7 @@ def _train(options: TrainOptions, ranks: Ranks, progress: ProgressCallback) -> T
         "segmentation_recipe": (
             asdict(segmentation.RECIPES[options.recipe]) if task == "segmentation" else None
         ),
+        "class_ratios": list(options.class_ratios) if options.class_ratios else None,
         "world_size": ranks.world_size,
         "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
         "device": ranks.device.type,

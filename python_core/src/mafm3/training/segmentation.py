@@ -9,7 +9,7 @@ validation scores GTVp and GTVn alone, method-spec G3). Its settings are a `Segm
 
 | | ours (default) | the authors' (`--recipe authors`) |
 |---|---|---|
-| background crop centres | label 0 in the body (`PreparedInput.occupied`) | label 0, normalised CT > 0 |
+| background crop centres | label 0 in the body (CT > -500 HU, `BODY_HU`) | label 0, normalised CT > 0 |
 | flips (each axis), quarter turns | p = 0.1, p = 0.1 | p = 0.2, p = 0.2 |
 | intensity shift | ±0.1 with p = 0.5 | none |
 | validation windows | Gaussian blend | constant blend (MONAI's default) |
@@ -45,7 +45,7 @@ from mafm3.training.metrics import segmentation_case_metrics, segmentation_summa
 from mafm3.training.model_space import CachedCases, case_study
 from mafm3.training.trainer import Network, NetworkTask, Ranks, Validation, batch_indices, step_seed
 
-CACHE_KIND = "segmentation-v4"  # v4: background centres inside the body, and by the authors' rule
+CACHE_KIND = "segmentation-v5"  # v5: background centres in the CT's body, and by the authors' rule
 BACKGROUND_CENTRES = 20_000  # background voxels kept as candidate crop centres (a seeded uniform sample)
 SHIFT_OFFSET = 0.1
 
@@ -92,7 +92,7 @@ def model_space_case(case: Case, config: PreprocessingConfig, window: Sequence[i
     channel's (offset, scale, clip) from the whole ROI box, as `prepare_input` normalises it; box_start (3,):
     where the box starts on the model grid; occupied_bits: `PreparedInput.occupied` on the box, bit-packed
     (from the values before rounding); label (1, T, H, W) uint8 sampled nearest on the same box; fg / bg:
-    flat indices of tumour voxels and of a seeded sample of background voxels inside the body (occupied) on
+    flat indices of tumour voxels and of a seeded sample of background voxels inside the body (CT) on
     the label padded to at least the window as the training crops pad it (MONAI's `fg_indices` convention);
     bg_authors: the same sample by the authors' rule (normalised CT > 0); class_1 / class_2: the flat
     indices of GTVp and of GTVn voxels alone, for class-balanced crops. `model_space_input` rebuilds the
@@ -116,8 +116,9 @@ def model_space_case(case: Case, config: PreprocessingConfig, window: Sequence[i
     label = label[box].astype(np.uint8)[None]
     pad = SpatialPad(list(window))  # the crops' padding, so that indices are on the padded label
     padded = np.asarray(pad(label))[0]
-    # Background crop centres inside the body (ours): what inference decodes (`PreparedInput.occupied`).
-    inside_body = np.asarray(pad(occupied[box][None].astype(np.uint8)))[0] > 0
+    # Background crop centres inside the body as the CT shows it (ours; PET uptake blurs beyond the skin).
+    body = occupied_voxels({"ct": channels["ct"][box]})
+    inside_body = np.asarray(pad(body[None].astype(np.uint8)))[0] > 0
     # The authors': image > 0 on their normalised CT (`image_threshold=0`), i.e. HU above the map's offset.
     ct_above_offset = np.asarray(pad((channels["ct"][box] > mapping[0][0])[None].astype(np.uint8)))[0] > 0
     background = padded == 0
