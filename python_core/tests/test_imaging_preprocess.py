@@ -141,6 +141,19 @@ def test_ct_outside_the_scan_is_air_and_window_maps_to_minus_one():
     assert ct.max() == pytest.approx((40 + 1024) / 1024 - 1)  # soft tissue, 40 HU
 
 
+def test_the_ct_clip_crop_pads_the_same_number_of_air_slices_at_both_ends():
+    """roi "centre" (CT-CLIP's crop, the `-authors` zero-shot skill): a CT of 24 slices of 3 mm in a 144 mm
+    box of 3 mm slices (48) lies in its middle 24 slices, 12 slices of air on each side (the CT's own lattice,
+    so no slice is partly inside)."""
+    study, _ = _study(np.eye(3), (40, 36, 24), (2.0, 2.0, 3.0))
+    config = PreprocessingConfig(
+        spacing_mm=(2.0, 2.0, 3.0), roi_method="centre", roi_size_mm=(80.0, 72.0, 144.0)
+    )
+    ct = prepare_input(study, config).array[0]  # (T = z, H = y, W = x) in the default "zyx" order
+    air = [t for t in range(ct.shape[0]) if (ct[t] == -1.0).all()]
+    assert ct.shape == (48, 36, 40) and air == list(range(12)) + list(range(36, 48))
+
+
 @pytest.mark.parametrize("storage", ["RAS", "SAL", "IRP"])
 def test_the_same_ct_stored_in_another_axis_order_gives_the_same_arrays(storage):
     study, _ = _study(*CASES["oblique"])

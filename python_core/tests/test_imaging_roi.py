@@ -22,7 +22,7 @@ from imaging_phantoms import (
 
 from mafm3.errors import MAFM3Error
 from mafm3.imaging.resample import Grid
-from mafm3.imaging.roi import ct_body_centre, pet_uptake_centre, roi_grid
+from mafm3.imaging.roi import centred_grid, ct_body_centre, pet_uptake_centre, roi_grid
 
 DIRECTIONS = {"identity": np.eye(3), "flipped": FLIPPED, "permuted": PERMUTED, "oblique": OBLIQUE}
 
@@ -78,6 +78,18 @@ def test_roi_box_is_centred_then_shifted_inside_and_pads_where_the_image_is_shor
     assert (
         box.origin == (46.0, 20.0, 30.0) and box.spacing == grid.spacing and box.direction == grid.direction
     )
+
+
+def test_ct_clip_crop_is_symmetric_about_the_volume_centre_cropping_or_padding_each_end_alike():
+    """CT-CLIP's `data.py` crop (the `-authors` zero-shot skill): not shifted inside, not towards a body."""
+    grid = Grid((100, 80, 40), (1.0, 1.0, 2.0), (10.0, 20.0, 30.0), tuple(OBLIQUE.ravel()))
+    box, start = centred_grid(grid, (60.0, 60.0, 120.0))
+    # x: (100 - 60) / 2 = 20 cut at each end; y: 10 at each end; z: 60 voxels > 40, 10 padded at each end
+    assert box.size == (60, 60, 60) and start == (20, 10, -10)
+    centre = grid.index_to_point((np.asarray(grid.size) - 1) / 2)
+    np.testing.assert_allclose(box.index_to_point((np.asarray(box.size) - 1) / 2), centre, atol=1e-9)
+    odd, odd_start = centred_grid(grid, (61.0, 60.0, 80.0))  # 39 more x voxels: 19 cut below, 20 above
+    assert odd_start == (19, 10, 0) and odd.size == (61, 60, 40)
 
 
 def test_roi_box_keeps_the_lattice_of_an_oblique_grid():

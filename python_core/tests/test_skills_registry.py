@@ -96,8 +96,18 @@ def test_available_skills_are_those_of_the_backbone_plus_zero_shot(tmp_path):
     (tmp_path / "broken-1.0.0").mkdir()
     (tmp_path / "broken-1.0.0" / "manifest.json").write_text("{")
     found = available_skills(BACKBONE, root=tmp_path)
-    assert [(s.manifest.id, s.folder is None) for s in found] == [("mine", False), ("ctclip-zeroshot", True)]
+    assert [(s.manifest.id, s.folder is None) for s in found] == [
+        ("mine", False),
+        ("ctclip-zeroshot", True),
+        ("ctclip-zeroshot-authors", True),
+    ]
     assert found[1].manifest.trainable_parameters == 0 and found[1].manifest.task == "classification"
+    crops = [s.manifest.preprocessing["roi"]["method"] for s in found[1:]]
+    assert crops == ["auto", "centre"]  # ours centred on the body, CT-CLIP's on the volume
+    # ours unless the paper's is named
+    assert choose_skill("classification", {"CT"}, found[::-1]).manifest.id == "ctclip-zeroshot"
+    named = choose_skill("classification", {"CT"}, found, "ctclip-zeroshot-authors")
+    assert named.manifest.preset == "ctclip-zeroshot-authors"
     without_text = {**BACKBONE, "has_text": False}
     assert [s.manifest.id for s in available_skills(without_text, root=tmp_path)] == ["mine"]
 

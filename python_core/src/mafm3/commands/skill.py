@@ -75,7 +75,10 @@ def _list(args: argparse.Namespace) -> int:
         backbone = manifest.get("backbone", {}).get("id", "?")
         columns = f"{manifest['id']:<24} {manifest['version']:<10} {manifest['task']:<15} {modalities:<7}"
         print(f"{columns} {backbone}{demo}")
-    print("built in: ctclip-zeroshot (classification, on a backbone imported with its text side)")
+    print(
+        "built in: ctclip-zeroshot and ctclip-zeroshot-authors (classification, on a backbone imported with "
+        "its text side)"
+    )
     return 0
 
 

@@ -38,14 +38,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from mafm3.imaging.resample import OBLIQUE_TOLERANCE, Grid, resample_onto
-from mafm3.imaging.roi import BODY_HU, ct_body_centre, pet_uptake_centre, roi_grid
+from mafm3.imaging.roi import BODY_HU, centred_grid, ct_body_centre, pet_uptake_centre, roi_grid
 from mafm3.imaging.study import Study
 from mafm3.imaging.validation import require_pet
 from mafm3.progress import ProgressCallback, silent_progress
 
 CHANNELS = ("ct", "pet")
 NORMALISATIONS = ("window", "zscore", "none")
-ROI_METHODS = ("auto", "pet", "ct", "none")
+ROI_METHODS = ("auto", "pet", "ct", "centre", "none")
 OUTSIDE_VALUE = {"ct": -1024.0, "pet": 0.0}  # air for CT, no uptake for PET
 # Where there is something to find (`PreparedInput.occupied`): tissue denser than lung and air (the body
 # threshold of `roi.ct_body_centre`), or PET above background soft tissue (tumours and nodes take up more).
@@ -60,7 +60,8 @@ class PreprocessingConfig:
     subtracts the channel's mean and divides by its standard deviation over the ROI (the authors' PET/CT
     skill; z-scoring their (HU + 1024) / 2048 equals z-scoring HU); "none" keeps HU / SUV.
     roi_method: "pet" (uptake heuristic, needs PET), "ct" (body fallback), "auto" (PET when there is one),
-    "none" (the whole resampled volume; `roi_size_mm` is ignored).
+    "centre" (CT-CLIP's symmetric crop / pad about the volume's centre, `roi.centred_grid`), "none" (the whole
+    resampled volume; `roi_size_mm` is ignored).
     """
 
     spacing_mm: tuple[float, float, float] = (0.75, 0.75, 1.5)  # (x, y, z) after orientation
@@ -176,6 +177,10 @@ def model_grid(study: Study, config: PreprocessingConfig, skill_name: str = "the
         method = "pet" if study.pet is not None else "ct"
     if method == "none":
         return grid, {"method": "none", "centre_lps": None, "start_index": [0, 0, 0]}
+    if method == "centre":
+        box, start = centred_grid(grid, config.roi_size_mm)
+        centre = box.index_to_point((np.asarray(box.size) - 1) / 2)
+        return box, {"method": method, "centre_lps": [float(v) for v in centre], "start_index": list(start)}
     if method == "pet":
         require_pet(study, skill_name)
         centre = pet_uptake_centre(study.pet)

@@ -83,6 +83,19 @@ def roi_grid(grid: Grid, centre_lps, size_mm) -> tuple[Grid, tuple[int, int, int
     return grid.crop(start, box), start
 
 
+def centred_grid(grid: Grid, size_mm) -> tuple[Grid, tuple[int, int, int]]:
+    """A box of `size_mm` (x, y, z) on `grid`'s lattice centred on the grid itself, and its start index.
+
+    CT-CLIP's own pre-processing (`scripts/data.py`, the zero-shot crop): a symmetric centre crop where the
+    grid is longer than the box and a symmetric pad where it is shorter (the start index is then negative and
+    the resampling's default value fills both ends); nothing is shifted towards the body. An odd difference
+    puts the extra voxel at the upper end, as a floor division of the difference does.
+    """
+    box = [max(1, round(length / spacing)) for length, spacing in zip(size_mm, grid.spacing, strict=True)]
+    start = tuple(int((n - b) // 2) for n, b in zip(grid.size, box, strict=True))
+    return grid.crop(start, box), start
+
+
 def _superior_coordinate(grid: Grid) -> np.ndarray:
     """(z, y, x) float32 array of each voxel centre's S coordinate (mm): S = o_S + sum_a D[S, a] s_a i_a."""
     step = grid.matrix[2] * np.asarray(grid.spacing)  # mm of S per index step along x, y, z

@@ -7,6 +7,7 @@
 | `hecktor-prognosis` | 1,816,716 | LoRA r 2 (spatial + temporal), report encoder, adapters, MTLR 12 bins |
 | `hecktor-prognosis-authors` | 1,816,716 | the same, as the authors: own reports, 512-token mean, KM bins |
 | `ctclip-zeroshot` | 0 | CT-CLIP's own zero-shot classification over the 18 CT-RATE abnormalities |
+| `ctclip-zeroshot-authors` | 0 | the same on CT-CLIP's symmetric centre crop, not our body-centred one |
 | `hecktor-seg-ct-authors`, `hecktor-seg-petct-authors` | as without `-authors` | the authors' preprocessing |
 
 The `-authors` segmentation presets reproduce the authors' preprocessing where it is a preset field
@@ -201,6 +202,15 @@ PRESETS: dict[str, Preset] = {
             SkillConfig(task="classification", labels=CT_RATE_ABNORMALITIES),
             ("CT",),
             _CTCLIP,
+            {"input_voxels": [240, 480, 480]},
+            [{"name": label} for label in CT_RATE_ABNORMALITIES],
+        ),
+        Preset(
+            "ctclip-zeroshot-authors",
+            "CT-CLIP zero-shot detection as CT-CLIP's own scripts crop: symmetric about the volume's centre",
+            SkillConfig(task="classification", labels=CT_RATE_ABNORMALITIES),
+            ("CT",),
+            {**_CTCLIP, "roi": {**_ROI, "method": "centre"}},
             {"input_voxels": [240, 480, 480]},
             [{"name": label} for label in CT_RATE_ABNORMALITIES],
         ),

@@ -2,7 +2,8 @@
 
 There is no learned router. For a task, the skills whose required modalities are all available are
 candidates; the one that uses the most of them wins (the PET/CT skill when PET is given, else the CT skill),
-then a real skill over a demo one, then the active version of its id (`skills.store`: the one chosen with
+then a real skill over a demo one, then ours over one of the `-authors` presets (those reproduce the paper
+when named), then the active version of its id (`skills.store`: the one chosen with
 `mafm3 skill use`, else the highest), then the highest version. Anything that does not fit is refused with one
 sentence naming what would fit. No torch here: the Slicer GUI calls this too.
 """
@@ -21,6 +22,7 @@ from mafm3.skills.manifest import MANIFEST_FILE, SkillManifest
 from mafm3.skills.store import active_version, split_reference
 
 ZERO_SHOT_ID = "ctclip-zeroshot"
+ZERO_SHOT_IDS = (ZERO_SHOT_ID, "ctclip-zeroshot-authors")  # built in: ours (body-centred crop), CT-CLIP's
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ def available_skills(backbone: dict | None = None, root: Path | None = None) -> 
     """Installed packs (unreadable ones skipped) plus the built-in zero-shot skill.
 
     backbone: an imported backbone's manifest; when given, only packs trained on it are listed, and the
-    zero-shot skill is added if it has CT-CLIP's text side.
+    built-in zero-shot skills (`ZERO_SHOT_IDS`) are added if it has CT-CLIP's text side.
     """
     root = skills_dir() if root is None else Path(root)
     skills = []
@@ -49,7 +51,7 @@ def available_skills(backbone: dict | None = None, root: Path | None = None) -> 
         if backbone is None or manifest.backbone["sha256"] == backbone["sha256"]:
             skills.append(AvailableSkill(manifest, path.parent))
     if backbone is not None and backbone.get("has_text") and backbone.get("has_latent"):
-        skills.append(AvailableSkill(zero_shot_manifest(backbone), None))
+        skills += [AvailableSkill(zero_shot_manifest(backbone, name), None) for name in ZERO_SHOT_IDS]
     return skills
 
 
@@ -75,14 +77,15 @@ def is_shipped(skill: AvailableSkill) -> bool:
     return skill.folder is not None and config.bundled_skills_dir() in skill.folder.parents
 
 
-def zero_shot_manifest(backbone: dict) -> SkillManifest:
-    """The manifest of CT-CLIP's zero-shot classification on `backbone`: a skill without own weights."""
+def zero_shot_manifest(backbone: dict, preset_name: str = ZERO_SHOT_ID) -> SkillManifest:
+    """The manifest of CT-CLIP's zero-shot classification on `backbone` (preprocessed as the preset of one of
+    `ZERO_SHOT_IDS` says): a skill without own weights."""
     from mafm3 import __version__
     from mafm3.skills.presets import get_preset
 
-    preset = get_preset(ZERO_SHOT_ID)
+    preset = get_preset(preset_name)
     return SkillManifest(
-        id=ZERO_SHOT_ID,
+        id=preset_name,
         version=__version__,
         task=preset.config.task,
         modalities=list(preset.modalities),
@@ -94,9 +97,14 @@ def zero_shot_manifest(backbone: dict) -> SkillManifest:
         backbone={"id": backbone["id"], "sha256": backbone["sha256"]},
         weights={"file": "weights.safetensors", "sha256": "0" * 64},  # none: nothing is read
         trainable_parameters=0,
-        preset=ZERO_SHOT_ID,
+        preset=preset_name,
         training={"source": "CT-CLIP pre-training on CT-RATE (no MAFM3 training)"},
     )
+
+
+def is_authors_recipe(manifest: SkillManifest) -> bool:
+    """Whether the skill was made with one of the `-authors` presets (README "Reproducing the paper")."""
+    return str(manifest.preset or "").endswith("-authors")
 
 
 def choose_skill(
@@ -141,6 +149,7 @@ def choose_skill(
         key=lambda s: (
             len(s.manifest.modalities),
             not s.manifest.demo,
+            not is_authors_recipe(s.manifest),
             s.active,
             version_key(s.manifest.version),
         ),
