@@ -14,7 +14,14 @@ import pytest
 
 from mafm3.errors import MAFM3Error
 from mafm3.training.datasets import Case
-from mafm3.training.improve import DICE_TOLERANCE, ImproveOptions, gate, held_out_splits, paired_difference
+from mafm3.training.improve import (
+    DICE_TOLERANCE,
+    MIN_PAIRED_CASES,
+    ImproveOptions,
+    gate,
+    held_out_splits,
+    paired_difference,
+)
 
 
 def cases(n: int) -> list[Case]:
@@ -101,6 +108,28 @@ def test_the_gate_refuses_a_class_that_drops_beyond_its_noise_even_when_the_mean
         {"GTVp": (0.3, 0.2, 0.4), "GTVn": (-0.1, -0.3, 0.1)},
     )
     assert noisy["passed"]
+
+
+def test_a_class_on_too_few_cases_for_an_interval_is_judged_by_the_mean_over_classes_only():
+    """GTVn defined on one held-out case: its 'interval' is that case's change itself, so it cannot block."""
+    current = [row("a", 0.25, 0.04), row("b", 0.3, math.nan), row("c", 0.2, math.nan)]
+    new = [row("a", 0.55, 0.0), row("b", 0.6, math.nan), row("c", 0.5, math.nan)]
+    difference = {name: paired_difference(current, new, name, n_resamples=200) for name in ("GTVp", "GTVn")}
+    assert difference["GTVn"]["n_cases"] == 1 < MIN_PAIRED_CASES
+    assert difference["GTVn"]["dice_mean_ci"]["high"] == pytest.approx(-0.04)  # the point: no interval
+    metrics = {
+        "current": {"dice_mean_over_classes": (0.25 + 0.04) / 2},
+        "new": {"dice_mean_over_classes": (0.55 + 0.0) / 2},
+    }
+    assert gate(metrics, difference)["passed"]
+
+    steady = [row(case, 0.25, 0.04) for case in "abc"]  # the same drop on every one of 3 cases: a real drop
+    falling = [row(case, 0.55, 0.0) for case in "abc"]
+    difference = {
+        name: paired_difference(steady, falling, name, n_resamples=200) for name in ("GTVp", "GTVn")
+    }
+    result = gate(metrics, difference)
+    assert not result["passed"] and result["reasons"][0].startswith("GTVn Dice fell by 0.040")
 
 
 @pytest.mark.parametrize(

@@ -281,7 +281,7 @@ def resolve_pack(name_or_path: str | Path) -> Path:
         return found[active_version(skill_id, set(found)) if version is None else version]
     raise MAFM3Error(
         f"{name_or_path} is not a skill pack folder or .zip, nor an installed or shipped skill id; give the "
-        "pack's folder or .zip, or an id that `mafm3 skill list` shows."
+        "pack's folder or .zip, or an id (or ID@VERSION) that `mafm3 skill list` shows."
     )
 
 

@@ -18,7 +18,8 @@ version it started from on cases it never trained on, and installed only if it i
    their means with bootstrap intervals, and the paired difference new - current per class.
 6. Gate (`gate`): the new version is *not worse* when its mean Dice over classes is at least the current
    one's minus `DICE_TOLERANCE`, and no class drops beyond its noise: a class fails when its mean Dice falls
-   by more than `DICE_TOLERANCE` and the 95 % bootstrap interval of the paired difference lies below 0.
+   by more than `DICE_TOLERANCE` and the 95 % bootstrap interval of the paired difference, over at least
+   `MIN_PAIRED_CASES` cases where both versions define it, lies below 0.
 7. `out`: the new pack (manifest + weights, version: the next minor number above every version of the id
    here, e.g. 1.0.0 -> 1.1.0; provenance in `training.improve`: base version and weights hash, the cases
    with their content hashes, the held-out ids, iterations, the gate and the held-out metrics of both
@@ -52,6 +53,9 @@ DEFAULT_ITERATIONS = 100
 DEFAULT_HOLDOUT = 0.25
 MIN_HELD_OUT = 3  # fewer held-out cases than this in one part: every part is held out in turn (folds)
 DICE_TOLERANCE = 0.01  # how much lower a mean Dice may be and still count as not worse
+# A bootstrap over one or two paired cases is no interval (over one it is the point itself): a class defined
+# on fewer held-out cases than this is judged by the mean over classes only.
+MIN_PAIRED_CASES = 3
 COMPARISON_FILE = "comparison.json"
 VERSIONS = ("current", "new")
 
@@ -361,7 +365,8 @@ def gate(metrics: dict, difference: dict, tolerance: float = DICE_TOLERANCE) -> 
         reasons.append(f"mean Dice over classes fell from {current:.3f} to {new:.3f}")
     for name, change in difference.items():
         interval = change["dice_mean_ci"]
-        if interval and change["dice_mean"] < -tolerance and interval["high"] < 0:
+        judged = interval and change.get("n_cases", MIN_PAIRED_CASES) >= MIN_PAIRED_CASES
+        if judged and change["dice_mean"] < -tolerance and interval["high"] < 0:
             reasons.append(
                 f"{name} Dice fell by {-change['dice_mean']:.3f} (95 % interval of the change "
                 f"{interval['low']:+.3f} to {interval['high']:+.3f})"
@@ -369,7 +374,8 @@ def gate(metrics: dict, difference: dict, tolerance: float = DICE_TOLERANCE) -> 
     return {
         "rule": (
             f"not worse: mean Dice over classes >= current - {tolerance}, and no class whose mean Dice falls "
-            f"by more than {tolerance} with the 95 % bootstrap interval of the paired change below 0"
+            f"by more than {tolerance} with the 95 % bootstrap interval of the paired change (over at least "
+            f"{MIN_PAIRED_CASES} cases) below 0"
         ),
         "tolerance": tolerance,
         "passed": not reasons,
