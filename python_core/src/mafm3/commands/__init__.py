@@ -6,6 +6,14 @@ import argparse
 import sys
 from types import ModuleType
 
+from mafm3.tasks import PRECISIONS
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, precision_help: str | None = None) -> None:
+    """`--device` and `--precision`, as every command that runs a model takes them."""
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=precision_help)
+
 
 def options_from(args: argparse.Namespace, options_type):
     """An options dataclass (`TrainOptions`, `ImproveOptions`) filled from the parsed arguments it names."""

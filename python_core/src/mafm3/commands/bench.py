@@ -7,12 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from mafm3.commands import add_device_arguments
+
 HELP = "measure speed and memory per stage on a synthetic PET/CT study, side by side with the baselines"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    add_device_arguments(parser)
     parser.add_argument(
         "--size",
         default="realistic",

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mafm3.commands import add_device_arguments
 from mafm3.tasks import TASKS
 
 HELP = "run skills over a whole dataset (one output folder per case, resumable, summary and metrics)"
@@ -39,10 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="local: one case after another in this process; ray: a Ray Data pipeline "
         "(pip install mafm3[cohort])",
     )
-    run_parser.add_argument(
-        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu"
-    )
-    run_parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    add_device_arguments(run_parser)
     run_parser.add_argument(
         "--workers", type=int, help="ray: inference actors (default one per GPU, else one)"
     )

@@ -6,6 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
+from mafm3.commands import add_device_arguments
+
 HELP = "evaluate a skill pack or baseline on a dataset: Dice/HD95 or C-index/AUC/Brier, JSON + per-case CSV"
 
 
@@ -29,8 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, type=Path, metavar="JSON", help="metrics file; the CSV goes beside"
     )
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    add_device_arguments(parser)
     parser.add_argument(
         "--dense",
         action="store_true",

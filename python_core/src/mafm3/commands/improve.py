@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mafm3.commands import add_device_arguments
+
 HELP = "fine-tune a segmentation skill on corrected cases; compare on held-out cases; install if not worse"
 
 
@@ -46,12 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--install", action="store_true", help="install and activate the new version if it is not worse"
     )
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
-    parser.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="autocast; auto: fp32 training on a CPU, the inference policy for evaluation",
+    add_device_arguments(
+        parser, precision_help="autocast; auto: fp32 training on a CPU, the inference policy for evaluation"
     )
     parser.add_argument("--seed", type=int, default=42, help="seed of the held-out split and the training")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")

@@ -6,6 +6,7 @@ import argparse
 import math
 import sys
 
+from mafm3.commands import add_device_arguments
 from mafm3.tasks import TASKS
 
 HELP = "run skills on one study (CT, optional PET and clinical data) and write the results"
@@ -55,8 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sr", action="store_true", help="also write a DICOM SR (TID 1500) and the SEG it cites (DICOM CT)"
     )
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    add_device_arguments(parser)
     parser.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1)")
     parser.add_argument(
         "--sw-batch-size", type=positive_int, default=4, help="windows per forward pass (at least 1)"

@@ -10,6 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
+from mafm3.commands import add_device_arguments
 from mafm3.tasks import RECIPES, TRAINABLE_TASKS
 
 HELP = "train a segmentation or prognosis skill (or the UNETR baseline) on a dataset into a new skill pack"
@@ -125,13 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="paper",
         help="UNETR size (small: for CPU demos)",
     )
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
-    parser.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="autocast; auto: bf16 (or fp16) on CUDA, fp32 on a CPU",
-    )
+    add_device_arguments(parser, precision_help="autocast; auto: bf16 (or fp16) on CUDA, fp32 on a CPU")
     parser.add_argument(
         "--cache", type=Path, metavar="DIR", help="preprocessed-case cache (default <MAFM3_HOME>/cache)"
     )

@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 
 from mafm3.errors import MAFM3Error
+from mafm3.tasks import DEVICES, PRECISIONS
 
-DEVICES = ("auto", "cuda", "mps", "cpu")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # "1" makes the policy treat the CPU as computing bf16 natively (torch emulates bf16 where it does not,
 # slowly), "0" as not: both CPU paths of "auto" can be tested on any machine (`make test` runs both).
 CPU_BF16_ENV = "MAFM3_CPU_BF16"
